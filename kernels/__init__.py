@@ -1,0 +1,9 @@
+"""kernels: Triton kernels beside their torch references, behind ops that pick one per device.
+
+Knows nothing of datapipe's shards or of the trainer; both models call these ops.
+"""
+
+from kernels.attention import attention_ref, fused_attention
+from kernels.embedding import token_embedding
+
+__all__ = ["attention_ref", "fused_attention", "token_embedding"]

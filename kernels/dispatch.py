@@ -1,0 +1,26 @@
+"""Which implementation an op runs, chosen per call from the tensors' device, and logged once per choice."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("kernels")
+_announced: set[tuple[str, str]] = set()
+
+
+def triton_interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1), as tests do."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def announce(op: str, path: str, why: str) -> None:
+    """Log the path an op takes the first time it takes it, so runs show which code did the work."""
+    if (op, path) not in _announced:
+        _announced.add((op, path))
+        log.info("kernels.%s -> %s (%s)", op, path, why)
+
+
+def chosen_paths() -> dict[str, str]:
+    """{op: path} of the choices made so far in this process (for logs and MLflow tags)."""
+    return {op: path for op, path in sorted(_announced)}

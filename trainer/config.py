@@ -1,0 +1,93 @@
+"""Configs of a pretraining run: model + optimiser + schedule/engine + loader + tracking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from datapipe.config import Config, check
+from datapipe.loader import LoaderConfig
+from datapipe.tokenizers import TOKENIZER_NAMES
+from trainer.gpt import GPTConfig
+
+
+@dataclass(kw_only=True)
+class OptimConfig(Config):
+    lr: float = 1e-4
+    """Peak learning rate (after warm-up)."""
+    betas: tuple[float, ...] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    """Applied to matrices only (not to LayerNorm weights or biases)."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warm-up from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio at the last step."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clipping (0 = off)."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", "must be > 0")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "betas",
+            "must be two numbers in [0, 1)",
+        )
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(Config):
+    steps: int = 1000
+    """Optimizer steps in the run."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step on each rank."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage (0-3)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto': bf16 on GPU, fp32 on CPU."""
+    seed: int = 0
+    log_every: int = 10
+    """Optimizer steps between metric logs."""
+    ckpt_every: int = 0
+    """Optimizer steps between checkpoints (0 = only at the end)."""
+
+    def __post_init__(self) -> None:
+        check(self.steps >= 1, "steps", "must be >= 1")
+        check(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(self.ckpt_every >= 0, "ckpt_every", "must be >= 0")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig(Config):
+    enabled: bool = True
+    experiment: str = "dnafm-pretrain"
+    tracking_uri: str | None = None
+    """MLflow URI; None = $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db."""
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(Config):
+    recipe: str = "custom"
+    tokenizer: str = "dnagpt-6mer"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        check(self.tokenizer in TOKENIZER_NAMES, "tokenizer", f"must be one of {', '.join(TOKENIZER_NAMES)}")
+        check(self.tokenizer.startswith("dnagpt"), "tokenizer", "DNAGPT recipes need a dnagpt-* tokenizer")
+        from datapipe.tokenizers import get_tokenizer
+
+        size = get_tokenizer(self.tokenizer).vocab_size
+        check(
+            self.model.vocab_size == size,
+            "model.vocab_size",
+            f"{self.model.vocab_size} does not match tokenizer {self.tokenizer} ({size})",
+        )

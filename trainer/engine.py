@@ -1,0 +1,148 @@
+"""DeepSpeed engine set-up: distributed init, the ds_config, optimizer groups and the LR schedule.
+
+Works under the deepspeed launcher, torchrun, or a plain ``python`` process (we then fill in
+the single-rank environment that DeepSpeed would otherwise look for through mpi4py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer.config import OptimConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True, slots=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent."""
+    if "RANK" not in os.environ:  # a plain process without a launcher: one rank on loopback
+        os.environ.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return DistInfo(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device
+    )
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def ds_config(
+    train: TrainConfig, optim: OptimConfig, *, micro_batch_size: int, world_size: int, precision: str
+) -> dict[str, Any]:
+    """The DeepSpeed config of a run, derived from our typed configs (written beside checkpoints)."""
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "train_batch_size": micro_batch_size * train.grad_accum_steps * world_size,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": train.zero_stage},
+        "steps_per_print": 10**9,  # we log ourselves
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return cfg
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (including embeddings, as GPT-2 does); not LayerNorm weights or biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(optim: OptimConfig, total_steps: int):
+    """Linear warm-up to 1, then cosine decay to min_lr_ratio at total_steps."""
+
+    def fn(step: int) -> float:
+        if optim.warmup_steps and step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        span = max(total_steps - optim.warmup_steps, 1)
+        progress = min(max(step - optim.warmup_steps, 0) / span, 1.0)
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_engine(
+    model: torch.nn.Module,
+    train: TrainConfig,
+    optim: OptimConfig,
+    *,
+    micro_batch_size: int,
+    dist_info: DistInfo,
+    extra_config: dict[str, Any] | None = None,
+):
+    """deepspeed.initialize with torch AdamW (no JIT-compiled fused Adam on CPU) and our schedule."""
+    import deepspeed
+
+    precision = resolve_precision(train.precision, dist_info.device)
+    config = ds_config(
+        train, optim, micro_batch_size=micro_batch_size, world_size=dist_info.world_size, precision=precision
+    )
+    if extra_config:
+        config.update(extra_config)
+    model = model.to(dist_info.device)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, optim.weight_decay),
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        eps=optim.eps,
+        fused=dist_info.device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, train.steps))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+    )
+    log.info(
+        "DeepSpeed engine: ZeRO stage %d, %s, world size %d, device %s",
+        train.zero_stage,
+        precision,
+        dist_info.world_size,
+        dist_info.device,
+    )
+    return engine, config

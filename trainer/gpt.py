@@ -1,0 +1,155 @@
+"""DNAGPT: architecture only (no DeepSpeed, no checkpoints, no precision policy).
+
+GPT-2-style pre-LayerNorm decoder without biases, learned absolute positions, GELU MLP (4x),
+causal attention through ``kernels.fused_attention``, token embedding through
+``kernels.token_embedding``. Numbers enter through a number embedding added at number slots
+(``<M>`` tokens) and leave through a regression head read at output number slots (SPEC.md).
+The language-model head shares the token-embedding matrix (GPT-2 weight tying).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+from datapipe.config import Config, check
+
+
+@dataclass(kw_only=True)
+class GPTConfig(Config):
+    vocab_size: int = 15659
+    """Token vocabulary (15,659 for dnagpt-6mer, 19,564 for dnagpt-1to6mer)."""
+    max_seq_len: int = 512
+    """Context length in tokens (learned positions)."""
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    dropout: float = 0.0
+    attention: Literal["auto"] = "auto"
+    """Attention implementation; 'auto' lets kernels.fused_attention choose per device."""
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size > 0, "vocab_size", "must be > 0")
+        check(self.max_seq_len > 0, "max_seq_len", "must be > 0")
+        check(self.n_layer > 0, "n_layer", "must be > 0")
+        check(self.d_model % self.n_head == 0, "d_model", f"must be divisible by n_head ({self.n_head})")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)
+        # (B, T, D) -> (B, nh, T, hs)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        y = kernels.fused_attention(q, k, v, causal=True)
+        return self.dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=False)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False),
+            nn.GELU(),
+            nn.Linear(4 * cfg.d_model, cfg.d_model, bias=False),
+            nn.Dropout(cfg.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class NumberMLP(nn.Sequential):
+    """Linear(d_in -> d) -> SiLU -> LayerNorm -> Linear(d -> d_out), as DNAGPT's number embedding/head.
+
+    These two small MLPs keep their biases: a regression output needs an intercept, and a number
+    embedding without one maps 0 to the zero vector.
+    """
+
+    def __init__(self, d_in: int, d: int, d_out: int):
+        super().__init__(nn.Linear(d_in, d), nn.SiLU(), nn.LayerNorm(d), nn.Linear(d, d_out))
+
+
+class DNAGPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.num_embed = NumberMLP(1, cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
+        self.num_head = NumberMLP(cfg.d_model, cfg.d_model, 1)
+        self.apply(self._init_weights)
+        # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance
+        # does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        num_values: torch.Tensor | None = None,
+        num_in_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T) -> final hidden states (B, T, D).
+
+        ``num_values`` (B, T) float and ``num_in_mask`` (B, T) bool: where the mask is True, the
+        number embedding of the value is added to that slot's token embedding.
+        """
+        b, t = input_ids.shape
+        if t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        pos = torch.arange(t, device=input_ids.device)
+        x = kernels.token_embedding(input_ids, self.wte.weight) + self.wpe(pos)  # (B, T, D)
+        if num_in_mask is not None and num_values is not None:
+            emb = self.num_embed(num_values.unsqueeze(-1).to(x.dtype))  # (B, T, D), cheap: 2 small matmuls
+            x = x + emb * num_in_mask.unsqueeze(-1).to(x.dtype)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_f(x)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V) through the tied embedding matrix."""
+        return F.linear(hidden, self.wte.weight)
+
+    def regress(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (...,) number read at output number slots."""
+        return self.num_head(hidden).squeeze(-1)
+
+
+def count_params(cfg: GPTConfig) -> int:
+    """Exact parameter count (tied LM head once), built on the meta device: no memory, even for 3B."""
+    with torch.device("meta"):
+        model = DNAGPT(cfg)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,94 @@
+"""The DNAGPT pretraining sample: all three objectives in one sequence of the released token language.
+
+Template (T = n + 4 tokens for a window of n k-mer tokens)::
+
+    position  0      1 .. n          n+1    n+2        n+3
+    token     <sp>   k_1 .. k_n      <=>    <0>|<1>    <M>
+              species  k-mers        ask    order      GC output slot
+                       (reversed                answer
+                        with p=0.5)
+
+- next-token loss: positions 0..n-1 predict k_1..k_n (template tokens are not LM targets);
+- order loss: the hidden state at ``<=>`` predicts the answer token, ``<0>`` = forward,
+  ``<1>`` = reversed; as in the released classification prompt, the answer is the token after
+  ``<=>``;
+- GC loss: the regression head reads the hidden state at the final ``<M>`` (an output number
+  slot) and is trained against the window's GC content with MSE.
+
+"Reversed" reverses the order of the k-mer tokens, not the bases inside each k-mer: the two
+orientations then have identical k-mer composition, so the order task cannot be solved from
+composition alone and the model must read order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from datapipe.shards import Sample
+from datapipe.tokenizers import Tokenizer
+
+IGNORE = -100  # torch cross_entropy's ignore_index
+TEMPLATE_TOKENS = 4
+
+
+@dataclass(kw_only=True)
+class GptSampleBuilder:
+    """Turns shard samples into padded training batches; runs inside loader worker processes."""
+
+    tokenizer: Tokenizer
+    max_seq_len: int
+    reverse_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        tok = self.tokenizer
+        self.pad = tok.pad_id
+        self.ask = tok.token_to_id("<=>")
+        self.slot = tok.token_to_id("<M>")
+        self.answer = (tok.token_to_id("<0>"), tok.token_to_id("<1>"))
+
+    def encode(self, sample: Sample, reverse: bool) -> np.ndarray:
+        kmers = sample.ids.astype(np.int64)
+        if len(kmers) + TEMPLATE_TOKENS > self.max_seq_len:
+            raise ValueError(
+                f"sample {sample.key} has {len(kmers)} k-mer tokens; with the {TEMPLATE_TOKENS} template tokens "
+                f"it exceeds max_seq_len={self.max_seq_len}: prepare with --window-tokens "
+                f"{self.max_seq_len - TEMPLATE_TOKENS} or less"
+            )
+        if reverse:
+            kmers = kmers[::-1]
+        species = self.tokenizer.token_to_id(f"<{sample.meta['token']}>")
+        return np.concatenate([[species], kmers, [self.ask, self.answer[int(reverse)], self.slot]])
+
+    def __call__(self, samples: list[Sample], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Batch of B samples -> tensors of shape (B, T_max); T_max = longest sample in the batch."""
+        reverse = rng.random(len(samples)) < self.reverse_prob
+        seqs = [self.encode(s, bool(r)) for s, r in zip(samples, reverse, strict=True)]
+        b, t = len(seqs), max(len(s) for s in seqs)
+        input_ids = np.full((b, t), self.pad, dtype=np.int64)
+        lm_targets = np.full((b, t), IGNORE, dtype=np.int64)
+        order_targets = np.full((b, t), IGNORE, dtype=np.int64)
+        gc_mask = np.zeros((b, t), dtype=bool)
+        gc_targets = np.zeros((b, t), dtype=np.float32)
+        for i, (seq, sample) in enumerate(zip(seqs, samples, strict=True)):
+            n = len(seq) - TEMPLATE_TOKENS
+            input_ids[i, : len(seq)] = seq
+            lm_targets[i, :n] = seq[1 : n + 1]
+            order_targets[i, n + 1] = seq[n + 2]
+            gc_mask[i, n + 3] = True
+            gc_targets[i, n + 3] = sample.meta["gc"]
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "lm_targets": torch.from_numpy(lm_targets),
+            "order_targets": torch.from_numpy(order_targets),
+            "gc_mask": torch.from_numpy(gc_mask),
+            "gc_targets": torch.from_numpy(gc_targets),
+            "num_tokens": torch.tensor(int(sum(len(s) for s in seqs))),
+        }
+
+
+def render(tokenizer: Tokenizer, ids: np.ndarray) -> list[str]:
+    """Token texts of a sample, for the README's worked example and for debugging."""
+    return [tokenizer.vocab[int(i)] for i in ids]
