@@ -1,0 +1,120 @@
+"""Labelled sequence sets: readers, the task registry, and deterministic, content-hashed splits."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from datapipe.fasta import read_fasta
+
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@dataclass(kw_only=True)
+class LabelledSet:
+    name: str
+    sequences: list[str]
+    labels: np.ndarray  # (N,) int64 class ids
+
+    def __post_init__(self) -> None:
+        if len(self.sequences) != len(self.labels):
+            raise ValueError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
+        if len(self.sequences) == 0:
+            raise ValueError(f"{self.name}: no sequences")
+
+
+@dataclass(kw_only=True)
+class Task:
+    name: str
+    description: str
+    species_token: str
+    files: dict[int, str]  # label -> labelled FASTA, relative to the repository's data/ folder
+    published: dict[str, float]  # metric -> published figure (SPEC.md), empty when none was published
+    published_note: str
+
+
+TASKS: dict[str, Task] = {
+    "pas-human": Task(
+        name="pas-human",
+        description="human polyadenylation signal ATTAAA, true vs pseudo PAS, 300 bp + hexamer + 300 bp (DeepGSR)",
+        species_token="R",
+        files={1: "pas/hs_ATTAAA_pos.fa.gz", 0: "pas/hs_ATTAAA_neg.fa.gz"},
+        published={},
+        published_note="DNAGPT-M reports human PAS(AATAAA) acc 91.51 and PAS(all) 90.63; ATTAAA alone is not in SPEC.md",
+    ),
+}
+
+
+def load_task(name: str) -> LabelledSet:
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}'; available: {', '.join(TASKS)} (or pass --data FILE)")
+    task = TASKS[name]
+    seqs: list[str] = []
+    labels: list[int] = []
+    for label, rel in sorted(task.files.items()):
+        for rec in read_fasta(REPO_DATA / rel):
+            seqs.append(rec.seq.tobytes().decode())
+            labels.append(label)
+    return LabelledSet(name=name, sequences=seqs, labels=np.asarray(labels, dtype=np.int64))
+
+
+def read_table(path: str | Path) -> LabelledSet:
+    """A user's own set: CSV or TSV (by extension, .gz allowed) with columns ``sequence`` and ``label``."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    delim = "\t" if ".tsv" in path.suffixes else ","
+    seqs, raw_labels = [], []
+    with opener(path, "rt", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delim)
+        if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
+            raise ValueError(
+                f"{path}:1: header must name the columns 'sequence' and 'label' "
+                f"(got {reader.fieldnames}); delimiter {'TAB' if delim == chr(9) else 'comma'}"
+            )
+        for line, row in enumerate(reader, start=2):
+            seq = (row["sequence"] or "").strip().upper().replace(" ", "")
+            if not seq or set(seq) - set("ACGTN"):
+                raise ValueError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
+            seqs.append(seq)
+            raw_labels.append((row["label"] or "").strip())
+    classes = sorted(set(raw_labels), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
+    if len(classes) != 2:
+        raise ValueError(f"{path}: labels {classes[:5]}: binary classification needs exactly 2 classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return LabelledSet(name=path.name, sequences=seqs, labels=np.asarray([index[x] for x in raw_labels]))
+
+
+@dataclass(kw_only=True)
+class Split:
+    train: np.ndarray  # indices into the set
+    val: np.ndarray
+    test: np.ndarray
+    hashes: dict[str, str]
+
+
+def split(
+    data: LabelledSet, *, seed: int, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
+) -> Split:
+    """Stratified split (per class, same fractions) from a seed; sha256 of each part's content."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for label in np.unique(data.labels):
+        idx = rng.permutation(np.flatnonzero(data.labels == label))
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        parts["train"].append(idx[:n_train])
+        parts["val"].append(idx[n_train : n_train + n_val])
+        parts["test"].append(idx[n_train + n_val :])
+    out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    hashes = {}
+    for k, idx in out.items():
+        h = hashlib.sha256()
+        for i in idx:
+            h.update(f"{data.sequences[i]}\t{data.labels[i]}\n".encode())
+        hashes[k] = h.hexdigest()
+    return Split(train=out["train"], val=out["val"], test=out["test"], hashes=hashes)

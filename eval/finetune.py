@@ -1,0 +1,166 @@
+"""Fine-tune a pretrained DNAGPT on a binary classification set through its prompt, on DeepSpeed.
+
+Prompt (the released models' classification format, SPEC.md)::
+
+    <sp> k_1 .. k_n <=>  -> answer token read at <=>:  <1> = positive, <0> = negative
+
+The logits of the two answer tokens at the ``<=>`` position form a 2-way classifier, so the
+pretrained LM head and the order-prediction habit of pretraining (answer after ``<=>``) are reused.
+Early stopping keeps the weights of the best validation epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datapipe.config import Config, check
+from datapipe.logs import progress
+from datapipe.tokenizers import Tokenizer
+from datapipe.tracking import Tracker
+from eval.metrics import binary_metrics
+from trainer.config import OptimConfig, TrainConfig
+from trainer.engine import DistInfo, build_engine
+from trainer.gpt import DNAGPT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(Config):
+    epochs: int = 3
+    lr: float = 5e-4
+    micro_batch_size: int = 32
+    patience: int = 1
+    """Epochs without validation improvement (MCC) before stopping."""
+    seed: int = 0
+    max_train_samples: int = 0
+    """Use at most this many training examples (0 = all); for quick runs."""
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.lr > 0, "lr", "must be > 0")
+        check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
+        check(self.patience >= 0, "patience", "must be >= 0")
+
+
+class PromptClassifier(torch.nn.Module):
+    """DNAGPT + prompt -> (B, 2) logits of the answer tokens <0>, <1>."""
+
+    def __init__(self, gpt: DNAGPT, answer_ids: tuple[int, int]):
+        super().__init__()
+        self.gpt = gpt
+        self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, ask_pos: torch.Tensor) -> torch.Tensor:
+        hidden = self.gpt(input_ids)  # (B, T, D)
+        at_ask = hidden[torch.arange(len(ask_pos), device=hidden.device), ask_pos]  # (B, D)
+        return self.gpt.lm_logits(at_ask)[:, self.answer_ids].float()  # (B, 2)
+
+
+def encode_prompts(
+    tok: Tokenizer, sequences: list[str], species_token: str, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """-> input_ids (N, T) padded with <P>, ask_pos (N,) index of <=> in each row."""
+    head = tok.token_to_id(f"<{species_token}>")
+    ask = tok.token_to_id("<=>")
+    rows = [np.concatenate([[head], ids, [ask]]) for ids in tok.encode_batch(sequences)]
+    longest = max(len(r) for r in rows)
+    if longest > max_len:
+        raise ValueError(
+            f"a sequence needs {longest} prompt tokens but the model's context is {max_len}: "
+            "use a model with a longer max_seq_len or shorter sequences"
+        )
+    ids = np.full((len(rows), longest), tok.pad_id, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+    return ids, np.array([len(r) - 1 for r in rows], dtype=np.int64)
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, ids: np.ndarray, ask: np.ndarray, *, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """P(class 1) for every row, in batches."""
+    model.eval()
+    out = []
+    for lo in range(0, len(ids), batch_size):
+        logits = model(
+            torch.from_numpy(ids[lo : lo + batch_size]).to(device),
+            torch.from_numpy(ask[lo : lo + batch_size]).to(device),
+        )
+        out.append(torch.softmax(logits, -1)[:, 1].cpu().numpy())
+    return np.concatenate(out)
+
+
+def finetune(
+    gpt: DNAGPT,
+    tok: Tokenizer,
+    cfg: FinetuneConfig,
+    *,
+    data,
+    parts,
+    species_token: str,
+    dist_info: DistInfo,
+    tracker: Tracker,
+) -> tuple[np.ndarray, dict]:
+    """Train on parts.train, early-stop on parts.val; return (P(class 1) on parts.test, history)."""
+    torch.manual_seed(cfg.seed)
+    ids, ask = encode_prompts(tok, data.sequences, species_token, gpt.cfg.max_seq_len)
+    train_idx = parts.train
+    if cfg.max_train_samples:
+        train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_train_samples]
+    steps_per_epoch = -(-len(train_idx) // cfg.micro_batch_size)
+    model = PromptClassifier(gpt, (tok.token_to_id("<0>"), tok.token_to_id("<1>")))
+    optim = OptimConfig(lr=cfg.lr, warmup_steps=max(steps_per_epoch // 10, 1), min_lr_ratio=0.0)
+    train = TrainConfig(steps=steps_per_epoch * cfg.epochs, zero_stage=0, seed=cfg.seed)
+    engine, _ = build_engine(model, train, optim, micro_batch_size=cfg.micro_batch_size, dist_info=dist_info)
+    y = data.labels
+    best, best_state, bad_epochs, history = -2.0, None, 0, []
+    step = 0
+    for epoch in range(cfg.epochs):
+        engine.train()
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
+        for lo in progress(
+            range(0, len(order), cfg.micro_batch_size),
+            total=steps_per_epoch,
+            desc=f"fine-tune epoch {epoch + 1}",
+        ):
+            b = order[lo : lo + cfg.micro_batch_size]
+            logits = engine(
+                torch.from_numpy(ids[b]).to(dist_info.device), torch.from_numpy(ask[b]).to(dist_info.device)
+            )
+            loss = F.cross_entropy(logits, torch.from_numpy(y[b]).to(dist_info.device))
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            if step % 20 == 0:
+                tracker.log_metrics({"finetune/loss": float(loss.detach())}, step=step)
+        val = binary_metrics(
+            y[parts.val],
+            predict(engine.module, ids[parts.val], ask[parts.val], batch_size=64, device=dist_info.device),
+            n_boot=0,
+        )
+        history.append({"epoch": epoch + 1, **{k: v["value"] for k, v in val.items()}})
+        tracker.log_metrics({f"val/{k}": v["value"] for k, v in val.items()}, step=step)
+        log.info(
+            "epoch %d: val accuracy %.4f, MCC %.4f", epoch + 1, val["accuracy"]["value"], val["mcc"]["value"]
+        )
+        if val["mcc"]["value"] > best:
+            best, bad_epochs = val["mcc"]["value"], 0
+            best_state = copy.deepcopy(engine.module.state_dict())
+        else:
+            bad_epochs += 1
+            if bad_epochs > cfg.patience:
+                log.info(
+                    "early stop after epoch %d (no validation MCC gain for %d epochs)", epoch + 1, bad_epochs
+                )
+                break
+    engine.module.load_state_dict(best_state)
+    prob = predict(engine.module, ids[parts.test], ask[parts.test], batch_size=64, device=dist_info.device)
+    return prob, {"history": history, "best_val_mcc": best}
