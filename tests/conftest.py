@@ -1,0 +1,45 @@
+"""Shared fixtures. Expensive real components (Ray, DeepSpeed, MLflow) start once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Every Ray/DeepSpeed process started from the tests: CPU accelerator, no token auth, loopback only.
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores, never the user's server
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run `dnafm ARGS` as a user would (a fresh process), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """One quick end-to-end demo (real Ray, DeepSpeed engine, MLflow store), shared by the e2e tests."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    proc = run_cli("demo", "--quick", "--out", str(out))
+    if proc.returncode != 0:
+        pytest.fail(
+            f"dnafm demo --quick failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    (out / "demo.stdout").write_text(proc.stdout)
+    return out

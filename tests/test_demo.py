@@ -1,0 +1,73 @@
+"""End to end: `dnafm demo --quick` with a real Ray instance, a DeepSpeed engine and an MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from datapipe.shards import verify
+from trainer.checkpoint import load_export
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_prepares_verifiable_shards(demo_run):
+    manifest = json.loads((demo_run / "shards" / "manifest.json").read_text())
+    assert manifest["tokenizer"] == "dnagpt-6mer" and manifest["totals"]["samples"] > 1000
+    assert manifest["tokens_per_species"] == {"human": manifest["totals"]["tokens"]}
+    assert sum(manifest["gc_histogram"]["counts"]) == manifest["totals"]["samples"]
+    assert all(len(s["sha256"]) == 64 for s in manifest["shards"])
+    assert verify(demo_run / "shards") == []
+
+
+def test_demo_pretraining_loss_falls_and_exports(demo_run):
+    metrics = [
+        json.loads(line) for line in (demo_run / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert metrics[-1]["step"] == 20
+    assert metrics[-1]["train/loss"] < metrics[0]["train/loss"] - 1.0
+    assert (demo_run / "pretrain" / "checkpoints" / "latest").read_text().strip() == "step0000020"
+    state = load_file(str(demo_run / "pretrain" / "final" / "model.safetensors"))
+    assert "wte.weight" in state
+    model, cfg, tok = load_export(demo_run / "pretrain")
+    assert cfg.recipe == "tiny-dnagpt" and tok.name == "dnagpt-6mer"
+
+
+def test_demo_eval_reports_with_metrics_named(demo_run):
+    summary = (demo_run / "eval" / "summary.md").read_text()
+    assert "mcc (dnafm)" in summary and "mcc (4-mer LR)" in summary and "pas-human" in summary
+    row = json.loads((demo_run / "eval" / "pas-human.json").read_text())
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["n_test"] == 1508
+
+
+def test_demo_logs_every_stage_to_one_mlflow_store(demo_run):
+    client = MlflowClient(tracking_uri=f"sqlite:///{demo_run / 'mlflow.db'}")
+    runs = {}
+    for name in ("dnafm-demo", "dnafm-prepare", "dnafm-pretrain", "dnafm-eval"):
+        exp = client.get_experiment_by_name(name)
+        assert exp is not None, name
+        runs[name] = client.search_runs([exp.experiment_id])
+    parent = runs["dnafm-demo"][0].info.run_id
+    for name in ("dnafm-prepare", "dnafm-pretrain"):
+        assert runs[name][0].data.tags["mlflow.parentRunId"] == parent
+    pretrain = runs["dnafm-pretrain"][0]
+    assert pretrain.data.params["model.d_model"] == "128"
+    assert {
+        "train/loss",
+        "train/loss_lm",
+        "train/loss_order",
+        "train/loss_gc",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+    } <= set(pretrain.data.metrics)
+    eval_runs = {r.info.run_name: r for r in runs["dnafm-eval"]}
+    assert (
+        eval_runs["task-pas-human"].data.tags["mlflow.parentRunId"] == eval_runs["eval-pretrain"].info.run_id
+    )
+    assert "test/mcc" in eval_runs["task-pas-human"].data.metrics
+    stdout = (demo_run / "demo.stdout").read_text()
+    assert "dnafm demo: summary" in stdout and "mlflow ui --backend-store-uri sqlite:///" in stdout
