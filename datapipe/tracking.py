@@ -40,6 +40,8 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None: ...
 
+    def start_system_metrics(self, interval_s: float = 10.0) -> None: ...
+
 
 class NullTracker(Tracker):
     """Tracking switched off (non-zero ranks, --no-mlflow, or an unreachable server)."""
@@ -101,7 +103,22 @@ class MlflowTracker(Tracker):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._safe("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def start_system_metrics(self, interval_s: float = 10.0) -> None:
+        """CPU / memory / disk / network (and GPU when present) as ``system/*`` metrics, from a thread."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=interval_s, tracking_uri=self.tracking_uri, resume_logging=True
+            )
+            self._monitor.start()
+        except Exception as err:
+            log.warning("MLflow system metrics unavailable (%s)", err)
+
     def finish(self, status: str = "FINISHED") -> None:
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None:
+            self._safe("system metrics", monitor.finish)
         self._safe("set_terminated", self._client.set_terminated, self.run_id, status)
 
 
@@ -122,8 +139,9 @@ def start_tracker(
     enabled: bool = True,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Tracker:
-    """Open an MLflow run, or return a NullTracker (with a warning) if that is impossible."""
+    """Open an MLflow run (or reopen ``resume_run_id``), or return a NullTracker with a warning."""
     if not enabled:
         return NullTracker()
     if tracking_uri.startswith(("http://", "https://")) and not _server_reachable(tracking_uri):
@@ -133,6 +151,13 @@ def start_tracker(
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=tracking_uri)
+        if resume_run_id:
+            try:
+                client.update_run(resume_run_id, status="RUNNING")
+                log.info("MLflow run %s resumed at %s", resume_run_id, tracking_uri)
+                return MlflowTracker(client, resume_run_id, tracking_uri)
+            except Exception as err:  # another store, or the run was deleted: start a new one
+                log.warning("cannot resume MLflow run %s (%s); starting a new run", resume_run_id, err)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             artifact_location = None

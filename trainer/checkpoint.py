@@ -1,6 +1,17 @@
-"""Checkpoints (DeepSpeed, resumable) and exports (consolidated safetensors, for eval and sharing).
+"""Checkpoints (DeepSpeed, resumable, atomic) and exports (consolidated safetensors).
 
-Export layout (``OUT/final`` of a pretraining run)::
+Checkpoint layout (``OUT/checkpoints``)::
+
+    latest                     tag of the newest COMPLETE checkpoint, replaced atomically
+    step0000300/               DeepSpeed's files (model states, every rank's optimizer shard)
+        dnafm_state.json       step, world size, ZeRO stage, loader state, resolved config (JSON, no pickle)
+        rng_rank<R>.pt         that rank's torch / CUDA RNG states (tensors only, loaded with weights_only)
+        COMPLETE               written after every rank finished: a folder without it is ignored
+    step0000300_universal/     made on demand when resuming at another world size
+
+A crash during a save therefore leaves ``latest`` on the previous complete checkpoint.
+
+Export layout (``OUT/final`` or ``dnafm export --out``)::
 
     model.safetensors   DNAGPT state dict (fp32 unless asked otherwise)
     config.json         the resolved PretrainConfig of the run
@@ -13,20 +24,106 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+STATE_FILE = "dnafm_state.json"
+COMPLETE = "COMPLETE"
 
 
-def save_checkpoint(engine: Any, ckpt_dir: Path, *, step: int, client_state: dict[str, Any]) -> str:
-    """DeepSpeed checkpoint of every rank's shard under tag ``stepNNNNNNN``; DeepSpeed updates ``latest``."""
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(engine: Any, ckpt_dir: Path, *, step: int, state: dict[str, Any]) -> str:
+    """Collective: every rank calls it. Returns the tag. ``state`` must be JSON-serialisable."""
     tag = f"step{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state)
-    log.info("checkpoint saved: %s", ckpt_dir / tag)
+    rank = dist.get_rank()
+    folder = ckpt_dir / tag
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, folder / f"rng_rank{rank}.pt")
+    dist.barrier()  # every rank's shard is on disk
+    if rank == 0:
+        _write_atomic(folder / STATE_FILE, json.dumps({**state, "step": step, "tag": tag}, indent=2) + "\n")
+        _write_atomic(folder / COMPLETE, "")
+        _write_atomic(ckpt_dir / "latest", tag)
+    dist.barrier()
+    log.info("checkpoint saved: %s", folder)
     return tag
+
+
+def latest_tag(ckpt_dir: Path) -> str | None:
+    """Tag named by ``latest`` if that checkpoint is complete; None when there is none."""
+    path = ckpt_dir / "latest"
+    if not path.exists():
+        return None
+    tag = path.read_text().strip()
+    if not (ckpt_dir / tag / COMPLETE).exists():
+        raise FileNotFoundError(
+            f"{path} names {tag}, which is not a complete checkpoint; "
+            "delete the folder's 'latest' file or restore the checkpoint"
+        )
+    return tag
+
+
+def read_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
+    return json.loads((ckpt_dir / tag / STATE_FILE).read_text())
+
+
+def universal_tag_for(ckpt_dir: Path, tag: str) -> str:
+    """Convert ``tag`` to DeepSpeed's universal format once (rank 0; others wait). Collective."""
+    out_tag = f"{tag}_universal"
+    out = ckpt_dir / out_tag
+    if dist.get_rank() == 0 and not (out / COMPLETE).exists():
+        tmp = ckpt_dir / f"{out_tag}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("world size changed: converting %s to a universal checkpoint", ckpt_dir / tag)
+        # --inject_missing_state: ZeRO-1/2 checkpoints lack fields the converter expects (STACK.md).
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(ckpt_dir / tag),
+            "--output_folder",
+            str(tmp),
+            "--inject_missing_state",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
+            )
+        for name in (STATE_FILE,):
+            shutil.copy(ckpt_dir / tag / name, tmp / name)
+        (tmp / COMPLETE).write_text("")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    dist.barrier()
+    return out_tag
+
+
+def restore_rng(ckpt_dir: Path, tag: str, rank: int) -> bool:
+    """Restore this rank's RNG states if the checkpoint has a file for this rank."""
+    path = ckpt_dir / tag / f"rng_rank{rank}.pt"
+    if not path.exists():
+        return False
+    rng = torch.load(path, weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return True
 
 
 def export_model(
@@ -53,6 +150,33 @@ def export_model(
     return out_dir
 
 
+def export_checkpoint(
+    run_dir: Path, out_dir: Path, *, tag: str | None = None, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Consolidate a (possibly ZeRO-sharded) checkpoint of a run into an export folder, in this process."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from datapipe.tokenizers import get_tokenizer
+
+    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").exists() else run_dir
+    tag = tag or latest_tag(ckpt_dir)
+    if tag is None or not (ckpt_dir / tag).exists():
+        raise FileNotFoundError(
+            f"{ckpt_dir}: no checkpoint{' ' + tag if tag else ''} to export; "
+            "pass the --out folder of `dnafm pretrain`"
+        )
+    state = read_state(ckpt_dir, tag)
+    full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
+    weights = {k.removeprefix("gpt."): v for k, v in full.items()}
+    return export_model(
+        weights,
+        out_dir,
+        config=state["config"],
+        tokenizer=get_tokenizer(state["config"]["tokenizer"]),
+        dtype=dtype,
+    )
+
+
 def find_export(path: str | Path) -> Path:
     """Accept an export folder or a pretraining run folder (uses its ``final/``)."""
     path = Path(path)
@@ -76,7 +200,7 @@ def load_export(path: str | Path):
     folder = find_export(path)
     cfg = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
     model = DNAGPT(cfg.model)
-    state = load_file(str(folder / "model.safetensors"))
+    state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

@@ -1,9 +1,12 @@
-"""`dnafm pretrain`: a recipe, field overrides, and the run."""
+"""`dnafm pretrain` (a recipe, field overrides, the run) and `dnafm export` (checkpoint -> safetensors)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 
 from trainer.recipes import RECIPES, get_recipe
@@ -14,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         help="pretrain a DNAGPT model on prepared shards (DeepSpeed)",
         description="Pretrain DNAGPT from a named recipe on shards written by `dnafm prepare`. "
-        "Runs as one process, under `deepspeed`, or under `torchrun`.",
+        "Runs as one process, under `deepspeed`, or under `torchrun`; --nproc-per-node N starts "
+        "the deepspeed launcher itself.",
     )
     p.add_argument(
         "--recipe", default="tiny-dnagpt", choices=sorted(RECIPES), help="named recipe (default tiny-dnagpt)"
@@ -33,6 +37,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FIELD=VALUE",
         help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --out (at any world size); fresh start if none",
+    )
+    p.add_argument(
+        "--skip-bad-shards", action="store_true", help="skip corrupt or missing shards (logged, counted)"
+    )
+    p.add_argument(
+        "--nproc-per-node", type=int, help="start the deepspeed launcher with this many local ranks"
+    )
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument(
         "--show-sample", action="store_true", help="print one pretraining sample token by token and exit"
@@ -40,10 +55,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and parameter count, then exit"
     )
+    # The deepspeed.add_config_arguments() route: a ds.json whose keys win over the recipe's.
+    p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--deepspeed_config",
+        "--deepspeed-config",
+        type=Path,
+        metavar="DS_JSON",
+        help="a DeepSpeed config JSON; its keys override the config derived from the recipe",
+    )
     p.add_argument(
         "--local_rank", type=int, default=None, help=argparse.SUPPRESS
     )  # set by the deepspeed launcher
     p.set_defaults(func=run)
+
+    e = sub.add_parser(
+        "export",
+        help="write consolidated safetensors weights from a pretraining checkpoint",
+        description="Consolidate a (ZeRO-sharded) checkpoint into model.safetensors + config.json + "
+        "tokenizer/, in one process, no GPU needed.",
+    )
+    e.add_argument("--checkpoint", type=Path, required=True, help="`dnafm pretrain` --out folder")
+    e.add_argument("--out", type=Path, required=True, help="export folder")
+    e.add_argument("--tag", help="checkpoint tag (default: latest)")
+    e.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    e.add_argument("--dry-run", action="store_true", help="print what would be exported and exit")
+    e.set_defaults(func=run_export)
 
 
 def resolve(args: argparse.Namespace):
@@ -55,14 +92,61 @@ def resolve(args: argparse.Namespace):
         overrides.append(f"train.zero_stage={args.zero_stage}")
     if args.no_mlflow:
         overrides.append("tracking.enabled=false")
-    return cfg.with_overrides(overrides)
+    if args.skip_bad_shards:
+        overrides.append("loader.skip_bad_shards=true")
+    user_ds = None
+    if args.deepspeed_config:
+        try:
+            user_ds = json.loads(args.deepspeed_config.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--deepspeed_config {args.deepspeed_config}: {err}") from err
+        # Keep the loader and the schedule in step with the batch sizes the ds.json sets.
+        if "train_micro_batch_size_per_gpu" in user_ds:
+            overrides.append(f"loader.micro_batch_size={user_ds['train_micro_batch_size_per_gpu']}")
+        if "gradient_accumulation_steps" in user_ds:
+            overrides.append(f"train.grad_accum_steps={user_ds['gradient_accumulation_steps']}")
+        if "zero_optimization" in user_ds and "stage" in user_ds["zero_optimization"]:
+            overrides.append(f"train.zero_stage={user_ds['zero_optimization']['stage']}")
+    return cfg.with_overrides(overrides), user_ds
+
+
+def _launch_local_ranks(n: int) -> int:
+    """Re-run this very command under the deepspeed launcher with n local ranks (replaces this process)."""
+    from trainer.engine import _free_port
+
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    argv = sys.argv[1:]
+    clean, skip = [], False
+    for a in argv:  # drop --nproc-per-node N / --nproc-per-node=N
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc-per-node":
+            skip = True
+            continue
+        if a.startswith("--nproc-per-node="):
+            continue
+        clean.append(a)
+    cmd = [
+        launcher,
+        "--num_gpus",
+        str(n),
+        "--master_port",
+        str(_free_port()),
+        "--module",
+        "cluster.cli",
+        *clean,
+    ]
+    print("dnafm pretrain: launching", " ".join(cmd), flush=True)
+    os.execv(launcher, cmd)
+    return 1  # not reached
 
 
 def run(args: argparse.Namespace) -> int:
     from datapipe.logs import setup_logging
 
     setup_logging()
-    cfg = resolve(args)
+    cfg, user_ds = resolve(args)
     if args.show_sample:
         from trainer.pretrain import sample_example
 
@@ -76,8 +160,55 @@ def run(args: argparse.Namespace) -> int:
         print(f"# parameters: {n:,} ({n / 1e9:.2f}B)")
         return 0
     if args.data is None or args.out is None:
-        raise SystemExit("dnafm pretrain: --data and --out are required (or use --dry-run)")
+        raise ValueError("--data and --out are required (or use --dry-run)")
+    if args.nproc_per_node and "RANK" not in os.environ:
+        return _launch_local_ranks(args.nproc_per_node)
+    from trainer.loop import TooManyBadSteps
     from trainer.pretrain import run_pretrain
 
-    run_pretrain(cfg, data_dir=args.data, out_dir=args.out)
+    try:
+        outcome = run_pretrain(
+            cfg, data_dir=args.data, out_dir=args.out, resume=args.resume, user_ds_config=user_ds
+        )
+    except TooManyBadSteps as err:
+        print(f"dnafm pretrain: error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if outcome == "signal":
+        return 143
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from datapipe.logs import setup_logging
+
+    setup_logging()
+    if args.dry_run:
+        print(
+            json.dumps(
+                {
+                    "checkpoint": str(args.checkpoint),
+                    "tag": args.tag,
+                    "out": str(args.out),
+                    "dtype": args.dtype,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    import torch
+
+    from trainer.checkpoint import export_checkpoint
+
+    out = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        tag=args.tag,
+        dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32,
+    )
+    print(f"exported {out}")
     return 0

@@ -52,7 +52,13 @@ class TrainConfig(Config):
     log_every: int = 10
     """Optimizer steps between metric logs."""
     ckpt_every: int = 0
-    """Optimizer steps between checkpoints (0 = only at the end)."""
+    """Optimizer steps between checkpoints (0 = only at the end, on SIGTERM/SIGINT and on a NaN stop)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward: ~1/3 more compute for far less activation memory."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer states (and the step) on the CPU; needs zero_stage >= 1."""
+    max_bad_steps: int = 5
+    """Consecutive steps with a NaN/inf loss (skipped) before the run saves a checkpoint and stops."""
 
     def __post_init__(self) -> None:
         check(self.steps >= 1, "steps", "must be >= 1")
@@ -60,6 +66,10 @@ class TrainConfig(Config):
         check(self.zero_stage in (0, 1, 2, 3), "zero_stage", "must be 0, 1, 2 or 3")
         check(self.log_every >= 1, "log_every", "must be >= 1")
         check(self.ckpt_every >= 0, "ckpt_every", "must be >= 0")
+        check(self.max_bad_steps >= 1, "max_bad_steps", "must be >= 1")
+        check(
+            not self.offload_optimizer or self.zero_stage >= 1, "offload_optimizer", "needs zero_stage >= 1"
+        )
 
 
 @dataclass(kw_only=True)

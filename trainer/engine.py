@@ -78,9 +78,14 @@ def ds_config(
         "train_batch_size": micro_batch_size * train.grad_accum_steps * world_size,
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": {"stage": train.zero_stage},
+        # True only when resuming from a universal checkpoint (another world size); set by the caller.
+        "checkpoint": {"load_universal": False},
         "steps_per_print": 10**9,  # we log ourselves
         "wall_clock_breakdown": False,
     }
+    if train.offload_optimizer:
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+        cfg["zero_force_ds_cpu_optimizer"] = False  # keep our torch AdamW (no compiled CPU Adam needed)
     if precision == "bf16":
         cfg["bf16"] = {"enabled": True}
     elif precision == "fp16":
@@ -116,6 +121,7 @@ def build_engine(
     micro_batch_size: int,
     dist_info: DistInfo,
     extra_config: dict[str, Any] | None = None,
+    load_universal: bool = False,
 ):
     """deepspeed.initialize with torch AdamW (no JIT-compiled fused Adam on CPU) and our schedule."""
     import deepspeed
@@ -124,9 +130,14 @@ def build_engine(
     config = ds_config(
         train, optim, micro_batch_size=micro_batch_size, world_size=dist_info.world_size, precision=precision
     )
+    config["checkpoint"]["load_universal"] = load_universal
     if extra_config:
-        config.update(extra_config)
+        config = merge_user_config(config, extra_config)
     model = model.to(dist_info.device)
+    if train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if train.zero_stage == 3:
+        register_external_parameters(model)
     optimizer = torch.optim.AdamW(
         param_groups(model, optim.weight_decay),
         lr=optim.lr,
@@ -146,3 +157,45 @@ def build_engine(
         dist_info.device,
     )
     return engine, config
+
+
+def merge_user_config(ours: dict[str, Any], user: dict[str, Any]) -> dict[str, Any]:
+    """A user's ds.json (``--deepspeed_config``) wins key by key over the config derived from the recipe.
+
+    If it names any batch-size key, ours are dropped so DeepSpeed derives the missing one itself.
+    """
+    merged = dict(ours)
+    batch_keys = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+    if any(k in user for k in batch_keys):
+        for k in batch_keys:
+            merged.pop(k, None)
+    for key, value in user.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Wrap every transformer block so its activations are recomputed in backward (trainer-side, not in the model)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for parent in model.modules():
+        blocks = getattr(parent, "blocks", None)
+        if isinstance(blocks, torch.nn.ModuleList):
+            for i, block in enumerate(blocks):
+                blocks[i] = checkpoint_wrapper(block)
+
+
+def register_external_parameters(model: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a module's parameters around that module's forward. The tied embedding matrix is
+    also read outside ``wte.forward`` (the token-embedding op and the LM head), so tell ZeRO-3 that the
+    enclosing modules use it."""
+    import deepspeed
+
+    for module in model.modules():
+        wte = getattr(module, "wte", None)
+        if isinstance(wte, torch.nn.Embedding):
+            deepspeed.zero.register_external_parameter(module, wte.weight)
+            deepspeed.zero.register_external_parameter(model, wte.weight)

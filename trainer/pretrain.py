@@ -1,11 +1,11 @@
-"""The DNAGPT pretraining loop, assembled in explicit steps: model -> engine -> loader -> tracker -> loop."""
+"""The DNAGPT pretraining run, assembled in explicit steps: data check -> distributed -> model + engine
+-> loader -> resume -> tracker -> loop -> final checkpoint + export."""
 
 from __future__ import annotations
 
 import json
 import logging
-import resource
-import time
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,45 @@ from datapipe.shards import read_manifest
 from datapipe.tokenizers import get_tokenizer
 from datapipe.tracking import NullTracker, Tracker, default_tracking_uri, start_tracker
 from kernels.dispatch import chosen_paths
-from trainer.checkpoint import export_model, save_checkpoint
+from trainer.checkpoint import (
+    export_model,
+    latest_tag,
+    read_state,
+    restore_rng,
+    save_checkpoint,
+    universal_tag_for,
+)
 from trainer.config import PretrainConfig
 from trainer.engine import build_engine, init_distributed
 from trainer.gpt import DNAGPT, count_params
+from trainer.loop import StepLoop
 from trainer.losses import DNAGPTForPretraining
 from trainer.samples import TEMPLATE_TOKENS, GptSampleBuilder
 
 log = logging.getLogger(__name__)
-LOSS_KEYS = ("loss", "loss_lm", "loss_order", "loss_gc", "order_acc")
+# Fields that may differ between a run and its resume; anything else changing means another experiment.
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.log_every",
+    "train.ckpt_every",
+    "tracking.enabled",
+    "tracking.tracking_uri",
+    "loader.num_workers",
+    "loader.skip_bad_shards",
+    "train.max_bad_steps",
+}
+
+
+class StopRequested:
+    """SIGTERM / SIGINT set a flag; the loop checks it between steps and saves before leaving."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
 
 
 def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
@@ -46,72 +76,154 @@ def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def run_pretrain(cfg: PretrainConfig, *, data_dir: Path, out_dir: Path) -> dict[str, float]:
-    """Train; returns the last logged metrics (on rank 0; other ranks return {})."""
+def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig) -> None:
+    from datapipe.config import flatten
+
+    old, new = flatten(saved), flatten(json.loads(json.dumps(cfg.to_dict())))  # tuples -> lists, as saved
+    changed = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
+    )
+    if changed:
+        raise ValueError(
+            f"--resume: the checkpoint was trained with a different config ({', '.join(changed[:6])}); "
+            "resume with the same recipe and overrides, or start a new --out"
+        )
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    *,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    user_ds_config: dict[str, Any] | None = None,
+) -> str:
+    """Train; returns how the run ended: 'completed', 'signal', or raises after too many NaN steps."""
     check_data(cfg, data_dir)  # before any distributed set-up: a wrong --data fails in a second
     dist_info = init_distributed()
-    if cfg.optim.warmup_steps >= cfg.train.steps and dist_info.rank == 0:
+    rank, world = dist_info.rank, dist_info.world_size
+    ckpt_dir = out_dir / "checkpoints"
+    tag = latest_tag(ckpt_dir) if resume else None
+    saved = read_state(ckpt_dir, tag) if tag else None
+    universal = bool(saved and saved["world_size"] != world)
+    if saved:
+        _check_resumable(saved["config"], cfg)
+        if universal:
+            tag = universal_tag_for(ckpt_dir, tag)
+    elif resume and rank == 0:
+        log.info("--resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
+    if cfg.optim.warmup_steps >= cfg.train.steps and rank == 0:
         log.warning(
             "optim.warmup_steps=%d >= train.steps=%d: the learning rate never reaches its peak",
             cfg.optim.warmup_steps,
             cfg.train.steps,
         )
-    torch.manual_seed(cfg.train.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if dist_info.rank == 0:
+    if rank == 0:
         cfg.save_json(out_dir / "config.json")
+
+    torch.manual_seed(cfg.train.seed)
     tokenizer = get_tokenizer(cfg.tokenizer)
+    n_params = count_params(cfg.model)
     log.info(
         "model: DNAGPT %d layers x d_model %d, %.2fM parameters",
         cfg.model.n_layer,
         cfg.model.d_model,
-        count_params(cfg.model) / 1e6,
+        n_params / 1e6,
     )
-
     model = DNAGPTForPretraining(DNAGPT(cfg.model))
     engine, ds_cfg = build_engine(
-        model, cfg.train, cfg.optim, micro_batch_size=cfg.loader.micro_batch_size, dist_info=dist_info
+        model,
+        cfg.train,
+        cfg.optim,
+        micro_batch_size=cfg.loader.micro_batch_size,
+        dist_info=dist_info,
+        extra_config=user_ds_config,
+        load_universal=universal,
     )
     builder = GptSampleBuilder(tokenizer=tokenizer, max_seq_len=cfg.model.max_seq_len)
-    loader = ShardLoader(
-        data_dir, cfg.loader, collate=builder, rank=dist_info.rank, world_size=dist_info.world_size
-    )
+    loader = ShardLoader(data_dir, cfg.loader, collate=builder, rank=rank, world_size=world)
+
+    start_step = 0
+    if saved:
+        engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        loader.load_state_dict(saved["loader"])
+        if not universal:
+            restore_rng(ckpt_dir, tag, rank)
+        start_step = saved["step"]
+        log.info(
+            "resumed from %s at step %d%s",
+            ckpt_dir / tag,
+            start_step,
+            f" (world size {saved['world_size']} -> {world})" if universal else "",
+        )
+
     tracker: Tracker = NullTracker()
-    if dist_info.rank == 0:
+    if rank == 0:
         tracker = start_tracker(
             experiment=cfg.tracking.experiment,
             run_name=f"pretrain-{cfg.recipe}",
             tracking_uri=cfg.tracking.tracking_uri or default_tracking_uri(out_dir),
             enabled=cfg.tracking.enabled,
+            resume_run_id=(saved or {}).get("mlflow_run_id"),
         )
-        tracker.log_params({**cfg.flat(), "world_size": dist_info.world_size, "data_dir": str(data_dir)})
+        if not saved:
+            tracker.log_params(
+                {**cfg.flat(), "world_size": world, "data_dir": str(data_dir), "num_params": n_params}
+            )
+        tracker.set_tags({"ds_config": json.dumps(ds_cfg, sort_keys=True)[:5000]})
+        tracker.start_system_metrics()
+    jsonl = _metrics_file(out_dir, start_step) if rank == 0 else None
 
-    jsonl = out_dir / "metrics.jsonl" if dist_info.rank == 0 else None
-    if jsonl is not None:
-        jsonl.unlink(missing_ok=True)
-    last = _loop(cfg, engine, loader, tracker, dist_info.device, jsonl)
+    def checkpoint(step: int) -> str:
+        state = {
+            "world_size": world,
+            "zero_stage": cfg.train.zero_stage,
+            "loader": loader.state_dict(),
+            "config": cfg.to_dict(),
+            "mlflow_run_id": tracker.run_id,
+        }
+        new_tag = save_checkpoint(engine, ckpt_dir, step=step, state=state)
+        tracker.set_tags({"checkpoint": str(ckpt_dir / new_tag)})
+        return new_tag
 
-    ckpt_dir = out_dir / "checkpoints"
-    tag = save_checkpoint(
-        engine,
-        ckpt_dir,
-        step=cfg.train.steps,
-        client_state={"step": cfg.train.steps, "loader": loader.state_dict(), "config": cfg.to_dict()},
+    stop = StopRequested()
+    loop = StepLoop(
+        cfg=cfg,
+        engine=engine,
+        loader=loader,
+        tracker=tracker,
+        device=dist_info.device,
+        jsonl=jsonl,
+        n_params=n_params,
+        stop=stop,
+        checkpoint=checkpoint,
     )
-    state = _full_state_dict(engine, cfg.train.zero_stage)
-    if dist_info.rank == 0:
-        final = export_model(state, out_dir / "final", config=cfg.to_dict(), tokenizer=tokenizer)
-        tracker.set_tags(
-            {
-                "checkpoint": str(ckpt_dir / tag),
-                "export": str(final),
-                **{f"kernels.{k}": v for k, v in chosen_paths().items()},
-            }
-        )
+    try:
+        outcome = loop.run(start_step)
+    except Exception:
+        tracker.finish("FAILED")
+        raise
+    if outcome == "signal":
+        tracker.finish("KILLED")
+        return outcome
+    state_dict = _full_state_dict(engine, cfg.train.zero_stage)
+    if rank == 0:
+        final = export_model(state_dict, out_dir / "final", config=cfg.to_dict(), tokenizer=tokenizer)
+        tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
         tracker.finish()
         log.info("exported %s", final)
     dist.barrier()
-    return last
+    return outcome
+
+
+def _metrics_file(out_dir: Path, start_step: int) -> Path:
+    """metrics.jsonl keeps the lines up to the resumed step, so the file is the run's one loss curve."""
+    path = out_dir / "metrics.jsonl"
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        path.write_text("".join(line + "\n" for line in keep))
+    return path
 
 
 def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -122,88 +234,7 @@ def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
     return engine.module.gpt.state_dict()
 
 
-def _loop(
-    cfg: PretrainConfig,
-    engine: Any,
-    loader: ShardLoader,
-    tracker: Tracker,
-    device: torch.device,
-    jsonl: Path | None,
-) -> dict[str, float]:
-    sums = dict.fromkeys(LOSS_KEYS, 0.0)
-    tokens = samples = micro = 0
-    t0 = time.perf_counter()
-    last: dict[str, float] = {}
-    for step in range(1, cfg.train.steps + 1):
-        for _ in range(cfg.train.grad_accum_steps):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(loader).items()}
-            out = engine(batch)
-            engine.backward(out["loss"])
-            engine.step()
-            for k in LOSS_KEYS:
-                sums[k] += out[k].detach()
-            tokens += int(batch["num_tokens"])
-            samples += batch["input_ids"].shape[0]
-            micro += 1
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            last = _log_window(step, sums, micro, tokens, samples, time.perf_counter() - t0, engine, tracker)
-            if jsonl is not None:
-                with open(jsonl, "a") as f:
-                    f.write(json.dumps({"step": step, **last}) + "\n")
-            sums = dict.fromkeys(LOSS_KEYS, 0.0)
-            tokens = samples = micro = 0
-            t0 = time.perf_counter()
-    return last
-
-
-def _log_window(
-    step: int,
-    sums: dict[str, Any],
-    micro: int,
-    tokens: int,
-    samples: int,
-    elapsed: float,
-    engine: Any,
-    tracker: Tracker,
-) -> dict[str, float]:
-    # One all-reduce per log window (a sync point), not per step.
-    world = dist.get_world_size()
-    vec = torch.tensor([float(sums[k]) / micro for k in LOSS_KEYS] + [tokens, samples], dtype=torch.float64)
-    dist.all_reduce(vec)
-    means = (vec[: len(LOSS_KEYS)] / world).tolist()
-    metrics = {f"train/{k}": v for k, v in zip(LOSS_KEYS, means, strict=True)}
-    grad_norm = engine.get_global_grad_norm()
-    metrics.update(
-        {
-            "train/lr": engine.get_lr()[0],
-            "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-            "train/tokens_per_s": float(vec[-2]) / elapsed,
-            "train/samples_per_s": float(vec[-1]) / elapsed,
-            "train/peak_mem_gb": _peak_mem_gb(),
-        }
-    )
-    tracker.log_metrics(metrics, step=step)
-    log.info(
-        "step %d  loss %.4f (lm %.4f, order %.4f, gc %.5f)  order_acc %.3f  lr %.2e  %.0f tok/s",
-        step,
-        metrics["train/loss"],
-        metrics["train/loss_lm"],
-        metrics["train/loss_order"],
-        metrics["train/loss_gc"],
-        metrics["train/order_acc"],
-        metrics["train/lr"],
-        metrics["train/tokens_per_s"],
-    )
-    return metrics
-
-
-def _peak_mem_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-
-
-def sample_example(tokenizer_name: str = "dnagpt-6mer", seq: str = "ACGTACGGATTACCATGN" * 2) -> list[str]:
+def sample_example(tokenizer_name: str = "dnagpt-6mer", seq: str = "ACGTACGGATTACCATGNAAGCTT") -> list[str]:
     """One pretraining sample, token by token (for the README and `dnafm pretrain --show-sample`)."""
     from datapipe.shards import Sample
     from trainer.samples import render
