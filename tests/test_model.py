@@ -115,3 +115,15 @@ def test_loss_components_and_gradients():
     assert abs(out["loss_lm"].item() - np.log(TOK.vocab_size)) < 0.5
     out["loss"].backward()
     assert model.num_head[0].weight.grad is not None and model.num_head[0].weight.grad.abs().sum() > 0
+
+
+def test_activation_checkpointing_wraps_every_block():
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+    from trainer.engine import apply_activation_checkpointing
+    from trainer.losses import DNAGPTForPretraining
+
+    model = DNAGPTForPretraining(tiny())
+    apply_activation_checkpointing(model)
+    assert all(isinstance(b, CheckpointWrapper) for b in model.gpt.blocks)
+    assert len(model.gpt.blocks) == 2

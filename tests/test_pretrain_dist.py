@@ -15,9 +15,8 @@ import psutil
 import pytest
 import torch
 
-from datapipe.prepare import PrepareConfig, process_unit
-from datapipe.shards import FORMAT_VERSION
 from tests.conftest import REPO
+from tests.helpers import chr20_shards
 
 pytestmark = pytest.mark.slow
 COMMON = [
@@ -62,38 +61,7 @@ def curve(run: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """Shards from the shipped human chr20 slice, written by prepare's unit task (Ray is tested elsewhere)."""
-    from datapipe.fasta import read_fasta
-
-    out = tmp_path_factory.mktemp("data")
-    (out / "shards").mkdir()
-    (out / "units").mkdir()
-    cfg = PrepareConfig(window_tokens=60, shard_max_samples=32)
-    seq = next(read_fasta(REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz")).seq[:400_000]
-    shards = []
-    for u, lo in enumerate(range(0, len(seq), 100_000)):
-        unit = {
-            "id": u,
-            "path": "chr20",
-            "species": "human",
-            "token": "R",
-            "assembly": "GRCh37",
-            "record": "20",
-            "start": lo,
-            "end": lo + 100_000,
-        }
-        shards += process_unit(unit, seq[lo : lo + 100_000], None, cfg.to_dict(), str(out))["shards"]
-    (out / "manifest.json").write_text(
-        json.dumps(
-            {
-                "format_version": FORMAT_VERSION,
-                "tokenizer": cfg.tokenizer,
-                "config": cfg.to_dict(),
-                "shards": shards,
-            }
-        )
-    )
-    return out
+    return chr20_shards(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
