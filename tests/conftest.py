@@ -36,7 +36,8 @@ def run_cli(
 def demo_run(tmp_path_factory) -> Path:
     """One quick end-to-end demo (real Ray, DeepSpeed engine, MLflow store), shared by the e2e tests."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    proc = run_cli("demo", "--quick", "--out", str(out))
+    # Sample system metrics every second so the short run logs some (the default is every 10 s).
+    proc = run_cli("demo", "--quick", "--out", str(out), env={"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     if proc.returncode != 0:
         pytest.fail(
             f"dnafm demo --quick failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
