@@ -63,7 +63,10 @@ def test_demo_logs_every_stage_to_one_mlflow_store(demo_run):
         "train/lr",
         "train/grad_norm",
         "train/tokens_per_s",
+        "train/skipped_steps",
     } <= set(pretrain.data.metrics)
+    assert any(k.startswith("system/cpu") for k in pretrain.data.metrics), sorted(pretrain.data.metrics)
+    assert pretrain.data.tags["checkpoint"].endswith("step0000020")
     eval_runs = {r.info.run_name: r for r in runs["dnafm-eval"]}
     assert (
         eval_runs["task-pas-human"].data.tags["mlflow.parentRunId"] == eval_runs["eval-pretrain"].info.run_id
