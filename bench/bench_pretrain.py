@@ -26,11 +26,9 @@ from datapipe.fasta import read_fasta  # noqa: E402
 from datapipe.shards import Sample  # noqa: E402
 from datapipe.tokenizers import get_tokenizer  # noqa: E402
 from trainer.engine import build_engine, init_distributed, lr_lambda, param_groups  # noqa: E402
-from trainer.gpt import DNAGPT, count_params  # noqa: E402
+from trainer.families import FAMILIES, count_params  # noqa: E402
 from trainer.loop import device_peak_flops, model_flops_per_token  # noqa: E402
-from trainer.losses import DNAGPTForPretraining  # noqa: E402
 from trainer.recipes import get_recipe  # noqa: E402
-from trainer.samples import TEMPLATE_TOKENS, GptSampleBuilder  # noqa: E402
 
 GENOME = Path(__file__).resolve().parents[1] / "data/genomes/grch37_chr20_44-46Mb.fa.gz"
 
@@ -38,10 +36,11 @@ GENOME = Path(__file__).resolve().parents[1] / "data/genomes/grch37_chr20_44-46M
 def make_batches(cfg, n: int, micro_batch: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """n batches of full-length windows cut from real chr20 sequence."""
     tok = get_tokenizer(cfg.tokenizer)
-    window = cfg.model.max_seq_len - TEMPLATE_TOKENS
+    family = FAMILIES[cfg.family]
+    window = cfg.model.max_seq_len - family.template_tokens
     seq = next(read_fasta(GENOME)).seq
     ids = tok.encode(seq).astype(np.uint16)
-    builder = GptSampleBuilder(tokenizer=tok, max_seq_len=cfg.model.max_seq_len)
+    builder = family.collate(cfg, tok)
     rng = np.random.default_rng(0)
     batches = []
     for b in range(n):
@@ -96,6 +95,36 @@ def timed(step, batches, device) -> float:
     return time.perf_counter() - t0
 
 
+class _HFMaskedLM(torch.nn.Module):
+    """transformers' BertForMaskedLM behind our batch -> loss-dict interface."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, batch):
+        out = self.hf(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"].long(),
+            labels=batch["mlm_labels"],
+        )
+        return {"loss": out.loss}
+
+
+def hf_masked_lm(base: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Same weights as our DNABERT, loaded through the Hugging Face export, with SDPA attention."""
+    import tempfile
+
+    import transformers
+
+    from trainer.hf_bert import save_hf_bert
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf_bert(base.bert, Path(tmp) / "m")
+        hf = transformers.BertForMaskedLM.from_pretrained(Path(tmp) / "m", attn_implementation="sdpa")
+    return _HFMaskedLM(hf).to(device).train()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="tiny-dnagpt")
@@ -103,6 +132,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=4, help="alternating timed blocks per path")
     ap.add_argument("--no-compile", action="store_true", help="GPU: skip torch.compile for the plain loop")
+    ap.add_argument(
+        "--hf-baseline",
+        action="store_true",
+        help="DNABERT: the plain loop trains transformers' BertForMaskedLM (SDPA) with the same weights",
+    )
     args = ap.parse_args()
 
     dist_info = init_distributed()
@@ -111,8 +145,10 @@ def main() -> None:
         [f"loader.micro_batch_size={args.micro_batch}", "train.steps=100000"]
     )
     torch.manual_seed(0)
-    base = DNAGPTForPretraining(DNAGPT(cfg.model))
+    base = FAMILIES[cfg.family].build(cfg)
     plain_model = copy.deepcopy(base).to(device)
+    if args.hf_baseline:
+        plain_model = hf_masked_lm(base, device)
     if device.type == "cuda":
         if not args.no_compile:
             plain_model = torch.compile(plain_model)
@@ -136,7 +172,7 @@ def main() -> None:
         t_plain.append(timed(plain, batches, device))
         t_ds.append(timed(ds_step, batches, device))
     plain_tps, ds_tps = tokens / min(t_plain), tokens / min(t_ds)
-    n = count_params(cfg.model)
+    n = count_params(cfg)
     flops = model_flops_per_token(n, cfg.model.n_layer, cfg.model.d_model, cfg.model.max_seq_len)
     peak = device_peak_flops(device)
     name = (
@@ -150,8 +186,12 @@ def main() -> None:
     )
     print("| path | tokens/s | MFU | ratio to plain |")
     print("|---|---:|---:|---:|")
+    plain_label = "transformers BertForMaskedLM (SDPA)" if args.hf_baseline else "plain PyTorch loop"
     for label, tps in (
-        ("plain PyTorch loop" + (" (torch.compile, SDPA)" if device.type == "cuda" else ""), plain_tps),
+        (
+            plain_label + (" (torch.compile)" if device.type == "cuda" and not args.no_compile else ""),
+            plain_tps,
+        ),
         (f"dnafm DeepSpeed engine (ZeRO-{cfg.train.zero_stage})", ds_tps),
     ):
         mfu = f"{tps * flops / peak:.1%}" if peak else "n/a"

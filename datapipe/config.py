@@ -117,6 +117,8 @@ def _parse_scalar(raw: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, path: str) -> Any:
+    if isinstance(value, Config):  # already built (e.g. a union member chosen by the parent)
+        return value
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if isinstance(hint, type) and issubclass(hint, Config):

@@ -2,44 +2,33 @@
 
 from __future__ import annotations
 
-import json
+import gzip
 from pathlib import Path
 
 from datapipe.fasta import read_fasta
-from datapipe.prepare import PrepareConfig, process_unit
-from datapipe.shards import FORMAT_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def chr20_shards(
-    out: Path, *, bases: int = 400_000, window_tokens: int = 60, shard_max_samples: int = 32
+    out: Path,
+    *,
+    bases: int = 400_000,
+    window_tokens: int = 60,
+    shard_max_samples: int = 32,
+    tokenizer: str = "dnagpt-6mer",
 ) -> Path:
-    """Shards of the shipped human chr20 slice, written by prepare's unit task directly (no Ray: Ray is tested
-    in the prepare tests; this keeps trainer tests quick)."""
-    (out / "shards").mkdir(parents=True)
-    (out / "units").mkdir()
-    cfg = PrepareConfig(window_tokens=window_tokens, shard_max_samples=shard_max_samples)
-    seq = next(read_fasta(REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz")).seq[:bases]
-    shards = []
-    step = 100_000
-    for u, lo in enumerate(range(0, len(seq), step)):
-        unit = {
-            "id": u,
-            "path": "chr20",
-            "species": "human",
-            "token": "R",
-            "assembly": "GRCh37",
-            "record": "20",
-            "start": lo,
-            "end": lo + step,
-        }
-        shards += process_unit(unit, seq[lo : lo + step], None, cfg.to_dict(), str(out))["shards"]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "tokenizer": cfg.tokenizer,
-        "config": cfg.to_dict(),
-        "shards": shards,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    """Shards of the first ``bases`` of the shipped human chr20 slice, made by the real `prepare` (the Ray
+    instance it starts in this process is reused by the rest of the test session)."""
+    from datapipe.prepare import InputSpec, PrepareConfig, run_prepare
+
+    out.mkdir(parents=True, exist_ok=True)
+    seq = next(read_fasta(REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz")).seq[:bases].tobytes()
+    fasta = out / "chr20_slice.fa.gz"
+    with gzip.open(fasta, "wb") as f:
+        f.write(b">20 slice\n" + b"\n".join(seq[i : i + 80] for i in range(0, len(seq), 80)) + b"\n")
+    cfg = PrepareConfig(
+        window_tokens=window_tokens, shard_max_samples=shard_max_samples, tokenizer=tokenizer, num_workers=2
+    )
+    run_prepare([InputSpec(path=str(fasta), species="human")], out / "data", cfg)
+    return out / "data"

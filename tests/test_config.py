@@ -8,7 +8,7 @@ import pytest
 
 from datapipe.config import ConfigError
 from datapipe.prepare import PrepareConfig
-from trainer.gpt import count_params
+from trainer.families import count_params
 from trainer.recipes import RECIPES, get_recipe
 
 
@@ -68,7 +68,7 @@ def test_dict_round_trip_and_json(tmp_path):
 def test_published_recipes(name, ctx, vocab, lo, hi):
     cfg = get_recipe(name)
     assert cfg.model.max_seq_len == ctx and cfg.model.vocab_size == vocab
-    assert lo < count_params(cfg.model) < hi
+    assert lo < count_params(cfg) < hi
     assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay, cfg.optim.grad_clip) == (
         1e-4,
         (0.9, 0.98),

@@ -8,7 +8,7 @@ import torch
 
 from datapipe.shards import Sample
 from datapipe.tokenizers import get_tokenizer
-from trainer.gpt import DNAGPT, GPTConfig, count_params
+from trainer.gpt import DNAGPT, GPTConfig
 from trainer.losses import dnagpt_pretrain_loss
 from trainer.samples import IGNORE, TEMPLATE_TOKENS, GptSampleBuilder
 
@@ -29,7 +29,10 @@ def test_shapes_and_param_count():
     assert h.shape == (3, 11, 16)
     assert model.lm_logits(h).shape == (3, 11, TOK.vocab_size)
     assert model.regress(h).shape == (3, 11)
-    assert count_params(model.cfg) == sum(p.numel() for p in model.parameters())
+    from trainer.config import PretrainConfig
+    from trainer.families import count_params
+
+    assert count_params(PretrainConfig(model=model.cfg)) == sum(p.numel() for p in model.parameters())
     assert not any(n.endswith("bias") for n, _ in model.blocks.named_parameters())  # GPT blocks carry no bias
 
 

@@ -13,7 +13,7 @@ A crash during a save therefore leaves ``latest`` on the previous complete check
 
 Export layout (``OUT/final`` or ``dnafm export --out``)::
 
-    model.safetensors   DNAGPT state dict (fp32 unless asked otherwise)
+    model.safetensors   the bare model's state dict (DNAGPT or DNABERT; fp32 unless asked otherwise)
     config.json         the resolved PretrainConfig of the run
     tokenizer/          the tokenizer, as datapipe.tokenizers.load_tokenizer reads it
 """
@@ -167,7 +167,10 @@ def export_checkpoint(
         )
     state = read_state(ckpt_dir, tag)
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
-    weights = {k.removeprefix("gpt."): v for k, v in full.items()}
+    from trainer.families import FAMILIES
+
+    inner = FAMILIES[state["config"].get("family", "dnagpt")].inner
+    weights = {k.removeprefix(f"{inner}."): v for k, v in full.items()}
     return export_model(
         weights,
         out_dir,
@@ -190,16 +193,16 @@ def find_export(path: str | Path) -> Path:
 
 
 def load_export(path: str | Path):
-    """-> (DNAGPT model in eval mode on CPU, PretrainConfig, tokenizer). Reads no pickle."""
+    """-> (bare model in eval mode on CPU, PretrainConfig, tokenizer). Reads no pickle."""
     from safetensors.torch import load_file
 
     from datapipe.tokenizers import load_tokenizer
     from trainer.config import PretrainConfig
-    from trainer.gpt import DNAGPT
+    from trainer.families import bare_model
 
     folder = find_export(path)
     cfg = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    model = DNAGPT(cfg.model)
+    model = bare_model(cfg)
     state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

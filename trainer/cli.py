@@ -153,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(" ".join(sample_example(cfg.tokenizer)))
         return 0
     if args.dry_run:
-        from trainer.gpt import count_params
+        from trainer.families import count_params
 
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-        n = count_params(cfg.model)
+        n = count_params(cfg)
         print(f"# parameters: {n:,} ({n / 1e9:.2f}B)")
         return 0
     if args.data is None or args.out is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Self
 
-from datapipe.config import Config, check
+from datapipe.config import Config, ConfigError, check
 from datapipe.loader import LoaderConfig
+from datapipe.masking import MaskingConfig
 from datapipe.tokenizers import TOKENIZER_NAMES
+from trainer.bert import BertConfig
 from trainer.gpt import GPTConfig
 
 
@@ -22,7 +24,9 @@ class OptimConfig(Config):
     warmup_steps: int = 100
     """Optimizer steps of linear warm-up from 0 to lr."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio at the last step."""
+    """The decay ends at lr * min_lr_ratio at the last step."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Decay after warm-up: cosine (DNAGPT) or linear (DNABERT)."""
     grad_clip: float = 1.0
     """Global gradient-norm clipping (0 = off)."""
 
@@ -83,16 +87,37 @@ class TrackingConfig(Config):
 @dataclass(kw_only=True)
 class PretrainConfig(Config):
     recipe: str = "custom"
+    family: Literal["dnagpt", "dnabert"] = "dnagpt"
+    """Model family; decides the model config type, the sample template and the loss."""
     tokenizer: str = "dnagpt-6mer"
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: GPTConfig | BertConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    """DNABERT span masking (unused by DNAGPT)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, _prefix: str = "") -> Self:
+        # The model section's type follows the family, so its errors name 'model.<field>' precisely.
+        data = dict(data)
+        family = data.get("family", "dnagpt")
+        model_cls = BertConfig if family == "dnabert" else GPTConfig
+        if isinstance(data.get("model"), dict):
+            data["model"] = model_cls.from_dict(data["model"], _prefix="model")
+        return super().from_dict(data, _prefix=_prefix)
 
     def __post_init__(self) -> None:
         check(self.tokenizer in TOKENIZER_NAMES, "tokenizer", f"must be one of {', '.join(TOKENIZER_NAMES)}")
-        check(self.tokenizer.startswith("dnagpt"), "tokenizer", "DNAGPT recipes need a dnagpt-* tokenizer")
+        check(
+            self.tokenizer.startswith(self.family),
+            "tokenizer",
+            f"the {self.family} family needs a {self.family}-* tokenizer, got {self.tokenizer}",
+        )
+        expected = BertConfig if self.family == "dnabert" else GPTConfig
+        if not isinstance(self.model, expected):
+            raise ConfigError("model", f"family {self.family} needs a {expected.__name__}")
         from datapipe.tokenizers import get_tokenizer
 
         size = get_tokenizer(self.tokenizer).vocab_size

@@ -101,13 +101,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def lr_lambda(optim: OptimConfig, total_steps: int):
-    """Linear warm-up to 1, then cosine decay to min_lr_ratio at total_steps."""
+    """Linear warm-up to 1, then cosine or linear decay to min_lr_ratio at total_steps."""
 
     def fn(step: int) -> float:
         if optim.warmup_steps and step < optim.warmup_steps:
             return (step + 1) / optim.warmup_steps
         span = max(total_steps - optim.warmup_steps, 1)
         progress = min(max(step - optim.warmup_steps, 0) / span, 1.0)
+        if optim.schedule == "linear":
+            return 1.0 - (1 - optim.min_lr_ratio) * progress
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn

@@ -146,10 +146,3 @@ class DNAGPT(nn.Module):
     def regress(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...,) number read at output number slots."""
         return self.num_head(hidden).squeeze(-1)
-
-
-def count_params(cfg: GPTConfig) -> int:
-    """Exact parameter count (tied LM head once), built on the meta device: no memory, even for 3B."""
-    with torch.device("meta"):
-        model = DNAGPT(cfg)
-    return sum(p.numel() for p in model.parameters())

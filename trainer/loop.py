@@ -18,7 +18,6 @@ from datapipe.tracking import Tracker
 from trainer.config import PretrainConfig
 
 log = logging.getLogger(__name__)
-LOSS_KEYS = ("loss", "loss_lm", "loss_order", "loss_gc", "order_acc")
 # Dense bf16 tensor-core peaks (TFLOP/s) for MFU; devices not listed get no MFU rather than a guess.
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
 
@@ -46,6 +45,8 @@ def device_peak_flops(device: torch.device) -> float | None:
 @dataclass(kw_only=True)
 class StepLoop:
     cfg: PretrainConfig
+    metric_keys: tuple[str, ...]
+    """Keys of the training module's output dict to average and log; 'loss' first."""
     engine: Any
     loader: Any
     tracker: Tracker
@@ -105,7 +106,7 @@ class StepLoop:
             self.engine.step()
             good += 1
             w = self._window
-            for k in LOSS_KEYS:
+            for k in self.metric_keys:
                 w[k] += out[k].detach().float()
             w["tokens"] += int(batch["num_tokens"])
             w["samples"] += batch["input_ids"].shape[0]
@@ -126,7 +127,7 @@ class StepLoop:
 
     def _reset_window(self) -> None:
         self._window = {
-            **dict.fromkeys(LOSS_KEYS, 0.0),
+            **dict.fromkeys(self.metric_keys, 0.0),
             "tokens": 0,
             "samples": 0,
             "micro": 0,
@@ -139,14 +140,15 @@ class StepLoop:
         world = dist.get_world_size()
         micro = max(w["micro"], 1)
         vec = torch.tensor(
-            [float(w[k]) / micro for k in LOSS_KEYS] + [w["tokens"], w["samples"]],
+            [float(w[k]) / micro for k in self.metric_keys] + [w["tokens"], w["samples"]],
             dtype=torch.float64,
             device=self.device,
         )
         dist.all_reduce(vec)  # one collective per log window
         vec = vec.cpu()
         metrics = {
-            f"train/{k}": float(v) / world for k, v in zip(LOSS_KEYS, vec[: len(LOSS_KEYS)], strict=True)
+            f"train/{k}": float(v) / world
+            for k, v in zip(self.metric_keys, vec[: len(self.metric_keys)], strict=True)
         }
         grad_norm = self.engine.get_global_grad_norm()
         tokens_per_s = float(vec[-2]) / elapsed
@@ -169,17 +171,8 @@ class StepLoop:
         if self.jsonl is not None:
             with open(self.jsonl, "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
-        log.info(
-            "step %d  loss %.4f (lm %.4f, order %.4f, gc %.5f)  order_acc %.3f  lr %.2e  %.0f tok/s",
-            step,
-            metrics["train/loss"],
-            metrics["train/loss_lm"],
-            metrics["train/loss_order"],
-            metrics["train/loss_gc"],
-            metrics["train/order_acc"],
-            metrics["train/lr"],
-            tokens_per_s,
-        )
+        parts = "  ".join(f"{k} {metrics[f'train/{k}']:.4f}" for k in self.metric_keys)
+        log.info("step %d  %s  lr %.2e  %.0f tok/s", step, parts, metrics["train/lr"], tokens_per_s)
         self._reset_window()
 
 

@@ -46,3 +46,24 @@ class DNAGPTForPretraining(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return dnagpt_pretrain_loss(self.gpt, batch)
+
+
+class DNABERTForPretraining(torch.nn.Module):
+    """forward(batch) -> {'loss', 'mlm_acc', 'mask_rate'}: masked-LM cross-entropy over the masked positions."""
+
+    def __init__(self, bert):
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hidden = self.bert(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
+        target = batch["mlm_labels"] != IGNORE
+        # Only masked positions reach the vocabulary projection (~15% of tokens).
+        logits = self.bert.mlm_logits(hidden[target]).float()  # (N_masked, V)
+        labels = batch["mlm_labels"][target]
+        # Sum / count rather than mean: a batch without any masked token gives 0, not NaN.
+        n = labels.numel()
+        loss = F.cross_entropy(logits, labels, reduction="sum") / max(n, 1)
+        acc = (logits.argmax(-1) == labels).float().sum() / max(n, 1)
+        rate = batch["num_masked"].float() / batch["num_maskable"].clamp(min=1).float()
+        return {"loss": loss, "mlm_acc": acc, "mask_rate": rate}

@@ -1,4 +1,4 @@
-"""The DNAGPT pretraining run, assembled in explicit steps: data check -> distributed -> model + engine
+"""A pretraining run (DNAGPT or DNABERT), assembled in explicit steps: data check -> distributed -> model + engine
 -> loader -> resume -> tracker -> loop -> final checkpoint + export."""
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from trainer.checkpoint import (
 )
 from trainer.config import PretrainConfig
 from trainer.engine import build_engine, init_distributed
-from trainer.gpt import DNAGPT, count_params
+from trainer.families import FAMILIES, count_params
 from trainer.loop import StepLoop
-from trainer.losses import DNAGPTForPretraining
 from trainer.samples import TEMPLATE_TOKENS, GptSampleBuilder
 
 log = logging.getLogger(__name__)
@@ -66,12 +65,13 @@ def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
             f"{data_dir}/manifest.json: shards use tokenizer {manifest['tokenizer']}, recipe "
             f"'{cfg.recipe}' uses {cfg.tokenizer}; prepare with --tokenizer {cfg.tokenizer}"
         )
+    extra = FAMILIES[cfg.family].template_tokens
     window = manifest["config"]["window_tokens"]
-    if window + TEMPLATE_TOKENS > cfg.model.max_seq_len:
+    if window + extra > cfg.model.max_seq_len:
         raise ValueError(
-            f"{data_dir}: windows of {window} tokens + {TEMPLATE_TOKENS} template tokens exceed "
+            f"{data_dir}: pieces of up to {window} tokens + {extra} template tokens exceed "
             f"model.max_seq_len={cfg.model.max_seq_len}; prepare with --window-tokens "
-            f"{cfg.model.max_seq_len - TEMPLATE_TOKENS}"
+            f"{cfg.model.max_seq_len - extra}"
         )
     return manifest
 
@@ -124,14 +124,16 @@ def run_pretrain(
 
     torch.manual_seed(cfg.train.seed)
     tokenizer = get_tokenizer(cfg.tokenizer)
-    n_params = count_params(cfg.model)
+    family = FAMILIES[cfg.family]
+    n_params = count_params(cfg)
     log.info(
-        "model: DNAGPT %d layers x d_model %d, %.2fM parameters",
+        "model: %s %d layers x d_model %d, %.2fM parameters",
+        cfg.family,
         cfg.model.n_layer,
         cfg.model.d_model,
         n_params / 1e6,
     )
-    model = DNAGPTForPretraining(DNAGPT(cfg.model))
+    model = family.build(cfg)
     engine, ds_cfg = build_engine(
         model,
         cfg.train,
@@ -141,7 +143,7 @@ def run_pretrain(
         extra_config=user_ds_config,
         load_universal=universal,
     )
-    builder = GptSampleBuilder(tokenizer=tokenizer, max_seq_len=cfg.model.max_seq_len)
+    builder = family.collate(cfg, tokenizer)
     loader = ShardLoader(data_dir, cfg.loader, collate=builder, rank=rank, world_size=world)
 
     start_step = 0
@@ -190,6 +192,7 @@ def run_pretrain(
     stop = StopRequested()
     loop = StepLoop(
         cfg=cfg,
+        metric_keys=family.metrics,
         engine=engine,
         loader=loader,
         tracker=tracker,
@@ -207,7 +210,7 @@ def run_pretrain(
     if outcome == "signal":
         tracker.finish("KILLED")
         return outcome
-    state_dict = _full_state_dict(engine, cfg.train.zero_stage)
+    state_dict = _full_state_dict(engine, cfg.train.zero_stage, family.inner)
     if rank == 0:
         final = export_model(state_dict, out_dir / "final", config=cfg.to_dict(), tokenizer=tokenizer)
         tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
@@ -226,12 +229,12 @@ def _metrics_file(out_dir: Path, start_step: int) -> Path:
     return path
 
 
-def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Consolidated weights of the DNAGPT module (collective under ZeRO-3: every rank must call)."""
+def _full_state_dict(engine: Any, zero_stage: int, inner: str) -> dict[str, torch.Tensor]:
+    """Consolidated weights of the bare model (collective under ZeRO-3: every rank must call)."""
     if zero_stage == 3:
         full = engine._zero3_consolidated_16bit_state_dict()
-        return {k.removeprefix("gpt."): v for k, v in (full or {}).items()}
-    return engine.module.gpt.state_dict()
+        return {k.removeprefix(f"{inner}."): v for k, v in (full or {}).items()}
+    return getattr(engine.module, inner).state_dict()
 
 
 def sample_example(tokenizer_name: str = "dnagpt-6mer", seq: str = "ACGTACGGATTACCATGNAAGCTT") -> list[str]:

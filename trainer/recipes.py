@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from datapipe.loader import LoaderConfig
+from datapipe.masking import MaskingConfig
+from trainer.bert import BertConfig
 from trainer.config import OptimConfig, PretrainConfig, TrainConfig
 from trainer.gpt import GPTConfig
 
@@ -56,12 +58,60 @@ def tiny_dnagpt() -> PretrainConfig:
     return cfg
 
 
+def _dnabert(k: int) -> PretrainConfig:
+    """Published DNABERT schedule: 120k steps, global batch 2,000 (here 25 x 10 accumulation x 8 ranks), lr 4e-4
+    with 10k warm-up then linear decay, AdamW (0.9, 0.98), eps 1e-6, wd 0.01; mask rate 15%, 20% for the last 20k."""
+    return PretrainConfig(
+        recipe=f"dnabert-{k}",
+        family="dnabert",
+        tokenizer=f"dnabert-{k}",
+        model=BertConfig(vocab_size=4**k + 5, max_seq_len=512),
+        optim=OptimConfig(
+            lr=4e-4,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+            weight_decay=0.01,
+            warmup_steps=10_000,
+            schedule="linear",
+            min_lr_ratio=0.0,
+            grad_clip=1.0,
+        ),
+        train=TrainConfig(steps=120_000, grad_accum_steps=10, zero_stage=1),
+        loader=LoaderConfig(micro_batch_size=25, num_workers=2),
+        masking=MaskingConfig(mask_rate=0.15, late_mask_rate=0.20, late_after_batches=100_000 * 10),
+    )
+
+
+def tiny_dnabert() -> PretrainConfig:
+    """A CPU-sized DNABERT-6 for smoke runs: 2 layers x 64, 128 positions."""
+    cfg = _dnabert(6)
+    cfg.recipe = "tiny-dnabert"
+    cfg.model = BertConfig(
+        vocab_size=4101, max_seq_len=128, n_layer=2, n_head=4, d_model=64, d_ff=256, dropout=0.0
+    )
+    cfg.optim = OptimConfig(
+        lr=1e-3,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=0.01,
+        warmup_steps=20,
+        schedule="linear",
+        min_lr_ratio=0.0,
+    )
+    cfg.train = TrainConfig(steps=200, zero_stage=1, log_every=10)
+    cfg.loader = LoaderConfig(micro_batch_size=16, num_workers=1)
+    cfg.masking = MaskingConfig()
+    return cfg
+
+
 RECIPES: dict[str, Callable[[], PretrainConfig]] = {
     "dnagpt-h": dnagpt_h,
     "dnagpt-m": dnagpt_m,
     "dnagpt-s-512": dnagpt_s_512,
     "dnagpt-b-512": dnagpt_b_512,
     "tiny-dnagpt": tiny_dnagpt,
+    **{f"dnabert-{k}": (lambda k=k: _dnabert(k)) for k in (3, 4, 5, 6)},
+    "tiny-dnabert": tiny_dnabert,
 }
 
 

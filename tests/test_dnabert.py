@@ -1,0 +1,206 @@
+"""DNABERT: span masking (property tests), batches, the model against Hugging Face's BertForMaskedLM."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datapipe.masking import MaskingConfig, span_mask
+from datapipe.shards import Sample
+from datapipe.tokenizers import get_tokenizer
+from trainer.bert import DNABERT, BertConfig
+from trainer.bert_samples import IGNORE, BertSampleBuilder
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 6])
+@pytest.mark.parametrize("seed", range(5))
+def test_every_masked_span_hides_a_base(k, seed):
+    """Property: no masked base stays visible through an unmasked neighbouring k-mer. For every centre base,
+    each token covering it is masked; and every run of masked tokens hides at least one base entirely."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 511))
+    masked, centres = span_mask(n, k=k, rate=0.15, rng=rng)
+    for m in np.flatnonzero(centres):
+        covering = range(max(0, m - k + 1), min(m, n - 1) + 1)
+        assert masked[list(covering)].all(), (k, n, m)
+    hidden = np.array([masked[max(0, x - k + 1) : min(x, n - 1) + 1].all() for x in range(n + k - 1)])
+    idx = np.flatnonzero(masked)
+    for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(idx) else []:
+        a, b = run[0], run[-1]
+        assert hidden[a : b + k].any(), (k, n, a, b)  # some base covered only by this run
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_mask_rate_is_about_fifteen_percent(k):
+    rng = np.random.default_rng(0)
+    rates = [span_mask(510, k=k, rate=0.15, rng=rng)[0].mean() for _ in range(400)]
+    expected = 1 - (1 - 0.15 / k) ** k  # overlapping spans: slightly under 15%
+    assert abs(np.mean(rates) - expected) < 0.005
+    assert 0.13 < np.mean(rates) < 0.151
+
+
+def test_batch_layout_and_80_10_10_replacement():
+    tok = get_tokenizer("dnabert-6")
+    rng = np.random.default_rng(0)
+    seq = "".join(rng.choice(list("ACGT"), 515))
+    ids = tok.encode(seq).astype(np.uint16)  # 510 k-mers
+    builder = BertSampleBuilder(tokenizer=tok, max_seq_len=512)
+    batches = [
+        builder(
+            [
+                Sample(key="u000000-000000", ids=ids, meta={}),
+                Sample(key="u000000-000001", ids=ids[:20], meta={}),
+            ],
+            np.random.default_rng(s),
+        )
+        for s in range(30)
+    ]
+    b = batches[0]
+    assert b["input_ids"].shape == (2, 512)
+    assert b["input_ids"][0, 0] == tok.cls_id and b["input_ids"][0, 511] == tok.sep_id
+    assert b["input_ids"][1, 21] == tok.sep_id and (b["input_ids"][1, 22:] == tok.pad_id).all()
+    assert b["attention_mask"][1].sum() == 22 and not b["attention_mask"][1, 22:].any()
+    assert (b["mlm_labels"][:, 0] == IGNORE).all()  # [CLS] is never a target
+    originals = torch.from_numpy(ids.astype(np.int64))
+    counts = np.zeros(3)
+    for b in batches:
+        target = b["mlm_labels"][0, 1:511] != IGNORE
+        assert (b["mlm_labels"][0, 1:511][target] == originals[target]).all()
+        got = b["input_ids"][0, 1:511][target]
+        counts += [
+            (got == tok.mask_id).sum(),
+            ((got != tok.mask_id) & (got != originals[target])).sum(),
+            (got == originals[target]).sum(),
+        ]
+    share = counts / counts.sum()
+    assert abs(share[0] - 0.8) < 0.04 and abs(share[1] - 0.1) < 0.03 and abs(share[2] - 0.1) < 0.03
+
+
+def test_late_mask_rate_switches_by_batch_index():
+    cfg = MaskingConfig(mask_rate=0.15, late_mask_rate=0.2, late_after_batches=100)
+    assert cfg.rate_at(99) == 0.15 and cfg.rate_at(100) == 0.2
+    assert MaskingConfig().rate_at(10**9) == 0.15
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 6])
+def test_tokenization_end_to_end_through_the_model(k):
+    tok = get_tokenizer(f"dnabert-{k}")
+    model = DNABERT(
+        BertConfig(
+            vocab_size=tok.vocab_size, max_seq_len=64, n_layer=1, n_head=2, d_model=16, d_ff=32, dropout=0.0
+        )
+    ).eval()
+    builder = BertSampleBuilder(tokenizer=tok, max_seq_len=64)
+    samples = [
+        Sample(key=f"u000000-{i:06d}", ids=tok.encode("ACGTTGCAAGGCTTAN" * 3).astype(np.uint16), meta={})
+        for i in range(2)
+    ]
+    batch = builder(samples, np.random.default_rng(0))
+    with torch.no_grad():
+        hidden = model(batch["input_ids"], batch["attention_mask"])
+    assert hidden.shape == (2, 48 - k + 1 + 2, 16)
+    assert model.mlm_logits(hidden).shape[-1] == tok.vocab_size
+    assert model.classify(hidden).shape == (2, 2)
+
+
+def test_padding_does_not_change_real_tokens():
+    model = DNABERT(
+        BertConfig(vocab_size=69, max_seq_len=32, n_layer=2, n_head=2, d_model=16, d_ff=32, dropout=0.0)
+    ).eval()
+    ids = torch.randint(5, 69, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 10), torch.zeros(1, 6)], 1).bool()
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, mask)[:, :10], model(ids)[:, :10], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_hugging_face_round_trip(tmp_path, fmt):
+    transformers = pytest.importorskip("transformers")
+    from trainer.hf_bert import load_hf_bert, save_hf_bert
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(
+        vocab_size=4101,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_act="gelu",
+    )
+    hf = transformers.BertForMaskedLM(hf_cfg).eval()
+    with torch.no_grad():  # non-trivial values everywhere, biases included
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=fmt == "safetensors")
+    ids = torch.randint(5, 4101, (2, 40))
+    ids[:, 0] = 2
+    mask = torch.ones(2, 40, dtype=torch.long)
+    mask[1, 25:] = 0
+    with torch.no_grad():
+        want = hf(input_ids=ids, attention_mask=mask).logits
+        ours, cfg = load_hf_bert(tmp_path / "hf")
+        got = ours.mlm_logits(ours(ids, mask.bool()))
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], rtol=1e-4, atol=1e-4)
+    # and back: our export loads in transformers and gives the same logits
+    from datapipe.tokenizers import VOCAB_DIR
+
+    save_hf_bert(ours, tmp_path / "ours", vocab_file=VOCAB_DIR / "vocab_kmer6.txt")
+    assert (tmp_path / "ours" / "vocab.txt").read_text().split()[:5] == [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+    ]
+    again = transformers.BertForMaskedLM.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again(input_ids=ids, attention_mask=mask).logits[keep], want[keep], rtol=1e-4, atol=1e-4
+        )
+
+
+@pytest.mark.slow
+def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
+    """tiny-dnabert on 2 CPU ranks (torchrun, ZeRO-1); resuming from the step-3 checkpoint reproduces steps 4-6."""
+    import json
+    import shutil
+
+    from tests.helpers import chr20_shards
+    from tests.test_pretrain_dist import curve, torchrun
+
+    data = chr20_shards(tmp_path / "data", bases=150_000, window_tokens=100, tokenizer="dnabert-6")
+    args = [
+        "--recipe",
+        "tiny-dnabert",
+        "--no-mlflow",
+        "--data",
+        str(data),
+        "--steps",
+        "6",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.ckpt_every=3",
+        "--set",
+        "loader.micro_batch_size=4",
+    ]
+    full = tmp_path / "full"
+    proc = torchrun(2, *args, "--out", str(full))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    metrics = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert {"train/mlm_acc", "train/mask_rate"} <= set(metrics[0])
+    assert all(0.08 < m["train/mask_rate"] < 0.22 for m in metrics)
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / "checkpoints" / "step0000003", part / "checkpoints" / "step0000003")
+    (part / "checkpoints" / "latest").write_text("step0000003")
+    (part / "metrics.jsonl").write_text(
+        "".join(line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:3])
+    )
+    proc = torchrun(2, *args, "--out", str(part), "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert curve(part) == curve(full)

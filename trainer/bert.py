@@ -1,0 +1,129 @@
+"""DNABERT: architecture only. BERT-base encoder (post-LayerNorm, as in BERT), an MLM head and a
+sequence-classification head on [CLS].
+
+Shapes: input_ids (B, T), attention_mask (B, T) bool (True = real token). Attention goes through
+``kernels.fused_attention(causal=False, key_padding_mask=...)``. Parameter names follow the structure
+of Hugging Face's ``BertForMaskedLM`` closely enough that ``trainer/hf_bert.py`` maps them one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+from datapipe.config import Config, check
+
+
+@dataclass(kw_only=True)
+class BertConfig(Config):
+    vocab_size: int = 4101
+    """69 / 261 / 1,029 / 4,101 for dnabert-3 .. dnabert-6."""
+    max_seq_len: int = 512
+    """Positions, including [CLS] and [SEP]."""
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    """Token-type (segment) embeddings, kept for checkpoint compatibility with BERT; DNABERT uses type 0."""
+    num_labels: int = 2
+    """Classes of the sequence-classification head."""
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size > 0, "vocab_size", "must be > 0")
+        check(self.d_model % self.n_head == 0, "d_model", f"must be divisible by n_head ({self.n_head})")
+        check(self.n_layer > 0 and self.d_ff > 0, "n_layer", "n_layer and d_ff must be > 0")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(self.num_labels >= 2, "num_labels", "must be >= 2")
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_head = cfg.n_head
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.attn_out = nn.Linear(d, d)
+        self.attn_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.ff_in = nn.Linear(d, cfg.d_ff)
+        self.ff_out = nn.Linear(cfg.d_ff, d)
+        self.ff_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        # (B, T, D) -> (B, nh, T, hs)
+        q, k, v = (
+            proj(x).view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
+        y = kernels.fused_attention(q, k, v, causal=False, key_padding_mask=keep)
+        y = self.attn_out(y.transpose(1, 2).reshape(b, t, d))
+        x = self.attn_norm(x + self.dropout(y))  # post-LN, as in BERT
+        h = self.ff_out(F.gelu(self.ff_in(x)))
+        return self.ff_norm(x + self.dropout(h))
+
+
+class DNABERT(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.word = nn.Embedding(cfg.vocab_size, d)
+        self.position = nn.Embedding(cfg.max_seq_len, d)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, d)
+        self.emb_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.n_layer))
+        # MLM head: transform (dense, GELU, LayerNorm), then the tied word embeddings plus a bias.
+        self.mlm_dense = nn.Linear(d, d)
+        self.mlm_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        # Classification head on [CLS]: BERT's pooler (dense + tanh), dropout, linear.
+        self.pooler = nn.Linear(d, d)
+        self.classifier = nn.Linear(d, cfg.num_labels)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """-> hidden states (B, T, D)."""
+        b, t = input_ids.shape
+        if t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        keep = (
+            attention_mask.to(torch.bool)
+            if attention_mask is not None
+            else torch.ones_like(input_ids, dtype=torch.bool)
+        )
+        pos = torch.arange(t, device=input_ids.device)
+        x = (
+            kernels.token_embedding(input_ids, self.word.weight)
+            + self.position(pos)
+            + self.token_type(torch.zeros_like(input_ids))
+        )
+        x = self.dropout(self.emb_norm(x))
+        for layer in self.layers:
+            x = layer(x, keep)
+        return x
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V)."""
+        h = self.mlm_norm(F.gelu(self.mlm_dense(hidden)))
+        return F.linear(h, self.word.weight, self.mlm_bias)
+
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, num_labels) from the [CLS] position."""
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))
+        return self.classifier(self.dropout(pooled))
