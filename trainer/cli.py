@@ -79,6 +79,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True, help="export folder")
     e.add_argument("--tag", help="checkpoint tag (default: latest)")
     e.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    e.add_argument("--format", choices=("dnafm", "hf"), default="dnafm",
+                   help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face BertForMaskedLM folder "
+                        "(DNABERT runs only)")
     e.add_argument("--dry-run", action="store_true", help="print what would be exported and exit")
     e.set_defaults(func=run_export)
 
@@ -195,6 +198,7 @@ def run_export(args: argparse.Namespace) -> int:
                     "tag": args.tag,
                     "out": str(args.out),
                     "dtype": args.dtype,
+                    "format": args.format,
                 },
                 indent=2,
             )
@@ -204,11 +208,22 @@ def run_export(args: argparse.Namespace) -> int:
 
     from trainer.checkpoint import export_checkpoint
 
-    out = export_checkpoint(
-        args.checkpoint,
-        args.out,
-        tag=args.tag,
-        dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32,
-    )
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.format == "hf":
+        import tempfile
+        from pathlib import Path
+
+        from trainer.checkpoint import load_export
+        from trainer.hf_bert import save_hf_bert
+
+        with tempfile.TemporaryDirectory() as tmp:
+            export_checkpoint(args.checkpoint, Path(tmp) / "e", tag=args.tag, dtype=dtype)
+            model, cfg, tok = load_export(Path(tmp) / "e")
+            if cfg.family != "dnabert":
+                raise ValueError(f"--format hf exports DNABERT runs; {args.checkpoint} is a {cfg.family} run")
+            (Path(tmp) / "vocab.txt").write_text("\n".join(tok.vocab) + "\n")
+            out = save_hf_bert(model.to(dtype), args.out, vocab_file=Path(tmp) / "vocab.txt")
+    else:
+        out = export_checkpoint(args.checkpoint, args.out, tag=args.tag, dtype=dtype)
     print(f"exported {out}")
     return 0
