@@ -147,6 +147,9 @@ def main() -> None:
     torch.manual_seed(0)
     base = FAMILIES[cfg.family].build(cfg)
     plain_model = copy.deepcopy(base).to(device)
+    for m in plain_model.modules():  # the baseline uses PyTorch SDPA, not our kernels
+        if hasattr(m, "impl"):
+            m.impl = "torch"
     if args.hf_baseline:
         plain_model = hf_masked_lm(base, device)
     if device.type == "cuda":

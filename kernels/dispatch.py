@@ -24,3 +24,8 @@ def announce(op: str, path: str, why: str) -> None:
 def chosen_paths() -> dict[str, str]:
     """{op: path} of the choices made so far in this process (for logs and MLflow tags)."""
     return {op: path for op, path in sorted(_announced)}
+
+
+def forget_choices() -> None:
+    """Forget what was announced, so the next choice of every op is logged again (tests)."""
+    _announced.clear()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,6 +17,17 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores, never the user's server
+# Without a GPU, Triton kernels run in-process through Triton's CPU interpreter (STACK.md). Set before
+# anything imports triton: @triton.jit fixes interpreted-or-compiled when a kernel is defined. With a
+# GPU they compile, and tests/test_attention.py runs its cases on CUDA tensors instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment for processes that run the pipeline as a user would: without TRITON_INTERPRET, so
+    they take the fast torch path on CPU rather than the ~400x slower interpreter."""
+    return {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, **extra}
 
 
 def run_cli(
@@ -27,7 +39,7 @@ def run_cli(
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env=user_env(**(env or {})),
         timeout=timeout,
     )
 

@@ -130,3 +130,17 @@ def test_activation_checkpointing_wraps_every_block():
     apply_activation_checkpointing(model)
     assert all(isinstance(b, CheckpointWrapper) for b in model.gpt.blocks)
     assert len(model.gpt.blocks) == 2
+
+
+def test_attention_implementation_is_a_config_field():
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=TOK.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=16)
+    ids = torch.randint(34, TOK.vocab_size, (1, 9))
+    auto = DNAGPT(GPTConfig(**cfg)).eval()
+    forced = DNAGPT(GPTConfig(**cfg, attention="torch")).eval()
+    forced.load_state_dict(auto.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(auto(ids), forced(ids))
+    strict = DNAGPT(GPTConfig(**cfg, attention="triton")).eval()
+    with pytest.raises(RuntimeError, match="head_dim 8"):  # the kernel takes head_dim 32/64/128 only
+        strict(ids)

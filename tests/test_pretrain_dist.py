@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, user_env
 from tests.helpers import chr20_shards
 
 pytestmark = pytest.mark.slow
@@ -46,7 +45,7 @@ def torchrun(nproc: int, *args: str, wait: bool = True):
         "pretrain",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = user_env(OMP_NUM_THREADS="1")
     if not wait:
         return subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -4,7 +4,6 @@ SIGTERM, export, and --nproc-per-node (the deepspeed launcher)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, user_env
 from tests.helpers import chr20_shards
 
 pytestmark = pytest.mark.slow
@@ -118,7 +117,7 @@ def test_sigterm_saves_and_resume_reproduces_the_curve(data, baseline, tmp_path)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ},
+        env=user_env(),
     )
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 300

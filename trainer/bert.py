@@ -9,6 +9,7 @@ of Hugging Face's ``BertForMaskedLM`` closely enough that ``trainer/hf_bert.py``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,8 @@ class BertConfig(Config):
     """Token-type (segment) embeddings, kept for checkpoint compatibility with BERT; DNABERT uses type 0."""
     num_labels: int = 2
     """Classes of the sequence-classification head."""
+    attention: Literal["auto", "torch", "triton"] = "auto"
+    """kernels.fused_attention implementation (see GPTConfig.attention)."""
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
@@ -48,6 +51,7 @@ class BertLayer(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.n_head = cfg.n_head
+        self.impl = cfg.attention
         self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.attn_out = nn.Linear(d, d)
         self.attn_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
@@ -63,7 +67,7 @@ class BertLayer(nn.Module):
             proj(x).view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
             for proj in (self.query, self.key, self.value)
         )
-        y = kernels.fused_attention(q, k, v, causal=False, key_padding_mask=keep)
+        y = kernels.fused_attention(q, k, v, causal=False, key_padding_mask=keep, impl=self.impl)
         y = self.attn_out(y.transpose(1, 2).reshape(b, t, d))
         x = self.attn_norm(x + self.dropout(y))  # post-LN, as in BERT
         h = self.ff_out(F.gelu(self.ff_in(x)))

@@ -31,8 +31,9 @@ class GPTConfig(Config):
     n_head: int = 12
     d_model: int = 768
     dropout: float = 0.0
-    attention: Literal["auto"] = "auto"
-    """Attention implementation; 'auto' lets kernels.fused_attention choose per device."""
+    attention: Literal["auto", "torch", "triton"] = "auto"
+    """kernels.fused_attention implementation: 'auto' chooses per device (Triton on CUDA), 'torch' forces
+    PyTorch SDPA, 'triton' requires the Triton kernel."""
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
@@ -46,6 +47,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.impl = cfg.attention
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -55,7 +57,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(d, dim=2)
         # (B, T, D) -> (B, nh, T, hs)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = kernels.fused_attention(q, k, v, causal=True)
+        y = kernels.fused_attention(q, k, v, causal=True, impl=self.impl)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
