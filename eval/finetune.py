@@ -1,19 +1,13 @@
-"""Fine-tune a pretrained DNAGPT on a binary classification set through its prompt, on DeepSpeed.
-
-Prompt (the released models' classification format, SPEC.md)::
-
-    <sp> k_1 .. k_n <=>  -> answer token read at <=>:  <1> = positive, <0> = negative
-
-The logits of the two answer tokens at the ``<=>`` position form a 2-way classifier, so the
-pretrained LM head and the order-prediction habit of pretraining (answer after ``<=>``) are reused.
-Early stopping keeps the weights of the best validation epoch.
-"""
+"""Fine-tune (or linearly probe) a pretrained DNAGPT or DNABERT on a binary classification set, on the
+DeepSpeed engine of pretraining. The heads are in ``eval/heads.py``. Early stopping keeps the weights of the
+best validation epoch (by MCC)."""
 
 from __future__ import annotations
 
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,10 +17,10 @@ from datapipe.config import Config, check
 from datapipe.logs import progress
 from datapipe.tokenizers import Tokenizer
 from datapipe.tracking import Tracker
+from eval.heads import build_classifier, encode_inputs
 from eval.metrics import binary_metrics
 from trainer.config import OptimConfig, TrainConfig
 from trainer.engine import DistInfo, build_engine
-from trainer.gpt import DNAGPT
 
 log = logging.getLogger(__name__)
 
@@ -41,45 +35,16 @@ class FinetuneConfig(Config):
     seed: int = 0
     max_train_samples: int = 0
     """Use at most this many training examples (0 = all); for quick runs."""
+    mode: Literal["finetune", "probe"] = "finetune"
+    """finetune: all weights train; probe: the encoder is frozen and only a linear head trains."""
+    crop: bool = True
+    """Centre-crop sequences longer than the model's context (e.g. 606-bp PAS windows for 512-token DNABERT)."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.lr > 0, "lr", "must be > 0")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(self.patience >= 0, "patience", "must be >= 0")
-
-
-class PromptClassifier(torch.nn.Module):
-    """DNAGPT + prompt -> (B, 2) logits of the answer tokens <0>, <1>."""
-
-    def __init__(self, gpt: DNAGPT, answer_ids: tuple[int, int]):
-        super().__init__()
-        self.gpt = gpt
-        self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
-
-    def forward(self, input_ids: torch.Tensor, ask_pos: torch.Tensor) -> torch.Tensor:
-        hidden = self.gpt(input_ids)  # (B, T, D)
-        at_ask = hidden[torch.arange(len(ask_pos), device=hidden.device), ask_pos]  # (B, D)
-        return self.gpt.lm_logits(at_ask)[:, self.answer_ids].float()  # (B, 2)
-
-
-def encode_prompts(
-    tok: Tokenizer, sequences: list[str], species_token: str, max_len: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """-> input_ids (N, T) padded with <P>, ask_pos (N,) index of <=> in each row."""
-    head = tok.token_to_id(f"<{species_token}>")
-    ask = tok.token_to_id("<=>")
-    rows = [np.concatenate([[head], ids, [ask]]) for ids in tok.encode_batch(sequences)]
-    longest = max(len(r) for r in rows)
-    if longest > max_len:
-        raise ValueError(
-            f"a sequence needs {longest} prompt tokens but the model's context is {max_len}: "
-            "use a model with a longer max_seq_len or shorter sequences"
-        )
-    ids = np.full((len(rows), longest), tok.pad_id, dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-    return ids, np.array([len(r) - 1 for r in rows], dtype=np.int64)
 
 
 @torch.no_grad()
@@ -99,7 +64,8 @@ def predict(
 
 
 def finetune(
-    gpt: DNAGPT,
+    model,
+    family: str,
     tok: Tokenizer,
     cfg: FinetuneConfig,
     *,
@@ -111,12 +77,14 @@ def finetune(
 ) -> tuple[np.ndarray, dict]:
     """Train on parts.train, early-stop on parts.val; return (P(class 1) on parts.test, history)."""
     torch.manual_seed(cfg.seed)
-    ids, ask = encode_prompts(tok, data.sequences, species_token, gpt.cfg.max_seq_len)
+    ids, ask = encode_inputs(
+        family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len, crop=cfg.crop
+    )
     train_idx = parts.train
     if cfg.max_train_samples:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_train_samples]
     steps_per_epoch = -(-len(train_idx) // cfg.micro_batch_size)
-    model = PromptClassifier(gpt, (tok.token_to_id("<0>"), tok.token_to_id("<1>")))
+    model = build_classifier(family, model, tok, probe=cfg.mode == "probe")
     optim = OptimConfig(lr=cfg.lr, warmup_steps=max(steps_per_epoch // 10, 1), min_lr_ratio=0.0)
     train = TrainConfig(steps=steps_per_epoch * cfg.epochs, zero_stage=0, seed=cfg.seed)
     engine, _ = build_engine(model, train, optim, micro_batch_size=cfg.micro_batch_size, dist_info=dist_info)

@@ -16,6 +16,7 @@ from eval.baseline import kmer_baseline
 from eval.datasets import TASKS, LabelledSet, load_task, read_table, split
 from eval.finetune import FinetuneConfig, finetune
 from eval.metrics import METRICS, binary_metrics
+from eval.plots import plot_task
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def run_eval(
     jobs = [(read_table(data_file), None)] if data_file else [(load_task(t), TASKS[t]) for t in cfg.tasks]
     for data, task in jobs:
         t0 = time.perf_counter()
-        gpt, pre_cfg, tok = load_export(checkpoint)  # fresh weights for every task
+        model, pre_cfg, tok = load_export(checkpoint)  # fresh weights for every task
         child = start_tracker(
             experiment=cfg.experiment,
             run_name=f"task-{data.name}",
@@ -69,7 +70,8 @@ def run_eval(
             }
         )
         prob, info = finetune(
-            gpt,
+            model,
+            pre_cfg.family,
             tok,
             cfg.finetune,
             data=data,
@@ -79,9 +81,8 @@ def run_eval(
             tracker=child,
         )
         ours = binary_metrics(data.labels[parts.test], prob, seed=cfg.split_seed)
-        base = binary_metrics(
-            data.labels[parts.test], _baseline(data, parts, cfg.split_seed), seed=cfg.split_seed
-        )
+        base_prob = _baseline(data, parts, cfg.split_seed)
+        base = binary_metrics(data.labels[parts.test], base_prob, seed=cfg.split_seed)
         child.log_metrics(
             {
                 **{f"test/{k}": v["value"] for k, v in ours.items()},
@@ -89,6 +90,8 @@ def run_eval(
             },
             step=0,
         )
+        for png in plot_task(data.labels[parts.test], prob, base_prob, out_dir / f"{data.name}"):
+            child.log_artifact(png, "plots")
         child.finish()
         row = _row(data.name, ours, base, task, parts.hashes, time.perf_counter() - t0)
         row["n_test"] = len(parts.test)
