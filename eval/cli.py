@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eval.datasets import TASKS
+from eval.tasks import TASKS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

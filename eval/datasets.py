@@ -1,4 +1,4 @@
-"""Labelled sequence sets: readers, the task registry, and deterministic, content-hashed splits."""
+"""Labelled sequence sets, a user's own CSV/TSV, and deterministic, content-hashed splits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from datapipe.fasta import read_fasta
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -26,41 +24,6 @@ class LabelledSet:
             raise ValueError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
         if len(self.sequences) == 0:
             raise ValueError(f"{self.name}: no sequences")
-
-
-@dataclass(kw_only=True)
-class Task:
-    name: str
-    description: str
-    species_token: str
-    files: dict[int, str]  # label -> labelled FASTA, relative to the repository's data/ folder
-    published: dict[str, float]  # metric -> published figure (SPEC.md), empty when none was published
-    published_note: str
-
-
-TASKS: dict[str, Task] = {
-    "pas-human": Task(
-        name="pas-human",
-        description="human polyadenylation signal ATTAAA, true vs pseudo PAS, 300 bp + hexamer + 300 bp (DeepGSR)",
-        species_token="R",
-        files={1: "pas/hs_ATTAAA_pos.fa.gz", 0: "pas/hs_ATTAAA_neg.fa.gz"},
-        published={},
-        published_note="DNAGPT-M reports human PAS(AATAAA) acc 91.51 and PAS(all) 90.63; ATTAAA alone is not in SPEC.md",
-    ),
-}
-
-
-def load_task(name: str) -> LabelledSet:
-    if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; available: {', '.join(TASKS)} (or pass --data FILE)")
-    task = TASKS[name]
-    seqs: list[str] = []
-    labels: list[int] = []
-    for label, rel in sorted(task.files.items()):
-        for rec in read_fasta(REPO_DATA / rel):
-            seqs.append(rec.seq.tobytes().decode())
-            labels.append(label)
-    return LabelledSet(name=name, sequences=seqs, labels=np.asarray(labels, dtype=np.int64))
 
 
 def read_table(path: str | Path) -> LabelledSet:

@@ -13,10 +13,11 @@ from typing import Any
 from datapipe.config import Config
 from datapipe.tracking import PARENT_ENV, default_tracking_uri, start_tracker
 from eval.baseline import kmer_baseline
-from eval.datasets import TASKS, LabelledSet, load_task, read_table, split
+from eval.datasets import LabelledSet, read_table, split
 from eval.finetune import FinetuneConfig, finetune
 from eval.metrics import METRICS, binary_metrics
 from eval.plots import plot_task
+from eval.tasks import load_task
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class EvalConfig(Config):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     split_seed: int = 0
     experiment: str = "dnafm-eval"
+    data_root: str | None = None
+    """Copy of the public data collection (shared/data layout) for the non-shipped tasks; see eval/tasks.py."""
     tracking: bool = True
 
 
@@ -47,8 +50,9 @@ def run_eval(
     )
     parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint)})
     rows = []
-    jobs = [(read_table(data_file), None)] if data_file else [(load_task(t), TASKS[t]) for t in cfg.tasks]
-    for data, task in jobs:
+    root = Path(cfg.data_root) if cfg.data_root else None
+    jobs = [(None, read_table(data_file))] if data_file else [load_task(t, root) for t in cfg.tasks]
+    for task, data in jobs:
         t0 = time.perf_counter()
         model, pre_cfg, tok = load_export(checkpoint)  # fresh weights for every task
         child = start_tracker(
@@ -123,7 +127,7 @@ def _row(name: str, ours: dict, base: dict, task, hashes: dict, seconds: float) 
         row[f"{m}"] = ours[m]["value"]
         row[f"{m}_ci"] = [ours[m]["lo"], ours[m]["hi"]]
         row[f"baseline_{m}"] = base[m]["value"]
-    row["published"] = dict(task.published) if task else {}
+    row["published"] = dict(task.published or {}) if task else {}
     row["published_note"] = task.published_note if task else "user data: no published figure"
     return row
 

@@ -7,12 +7,14 @@ import pytest
 from sklearn.metrics import accuracy_score, matthews_corrcoef, roc_auc_score
 
 from eval.baseline import kmer_baseline, kmer_counts
-from eval.datasets import LabelledSet, load_task, read_table, split
+from eval.datasets import LabelledSet, read_table, split
 from eval.metrics import binary_metrics
+from eval.tasks import TASKS, load_task
 
 
 def test_pas_human_task_is_the_shipped_deepgsr_set():
-    data = load_task("pas-human")
+    task, data = load_task("pas-human")
+    assert task.species_token == "R" and task.shipped
     assert len(data.sequences) == 2 * 3016 and data.labels.sum() == 3016  # DeepGSR ATTAAA: 3,016 pos = neg
     assert all(len(s) == 606 for s in data.sequences[:50])
     assert all(s[300:306] == "ATTAAA" for s in data.sequences[:50])  # hexamer at positions 301-306
@@ -70,3 +72,28 @@ def test_kmer_baseline_learns_a_motif():
     assert kmer_counts(["ACGTN"], k=2).sum() == pytest.approx(1.0)
     prob = kmer_baseline(seqs[:300], y[:300], seqs[300:], k=4)
     assert accuracy_score(y[300:], prob > 0.5) > 0.85
+
+
+@pytest.mark.parametrize(
+    "name, n, pos",
+    [
+        ("pas-mouse", 2 * 2447, 2447),
+        ("tis-human", 2 * 802, 802),
+        ("prom-core", 5919, 2915),
+        ("tfbs-stat3-gm12878", 10185, 5118),
+    ],
+)
+def test_tasks_from_the_public_data_collection(name, n, pos):
+    from eval.tasks import default_data_root
+
+    if not default_data_root().is_dir():
+        pytest.skip(f"public data collection not at {default_data_root()}")
+    task, data = load_task(name)
+    assert (len(data.sequences), int(data.labels.sum())) == (n, pos)
+    assert task.published is None or all(0 < v <= 1 for v in task.published.values())
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        load_task("tis-human", tmp_path / "nowhere")
+    assert "pas-human" in TASKS
