@@ -133,7 +133,9 @@ def fused_attention(
     raises with the reason when it cannot run (a model config field picks this)."""
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"attention impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    why = _triton_refusal(q, k, v, key_padding_mask) if impl != "torch" else "attention impl 'torch' requested"
+    why = (
+        _triton_refusal(q, k, v, key_padding_mask) if impl != "torch" else "attention impl 'torch' requested"
+    )
     if impl == "triton" and why is not None:
         raise RuntimeError(f"attention impl 'triton' requested but the kernel cannot run: {why}")
     if why is None:
