@@ -1,11 +1,11 @@
-"""`dnafm prepare`: FASTA inputs -> shards + manifest (Ray), and `--verify`."""
+"""`dnafm prepare`: FASTA / MAF inputs -> shards + manifest (Ray), and `--verify`."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 from datapipe.tokenizers import TOKENIZER_NAMES
 
@@ -13,22 +13,33 @@ from datapipe.tokenizers import TOKENIZER_NAMES
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prepare",
-        help="turn FASTA genomes into tokenized WebDataset shards (Ray)",
-        description="Window, filter, tokenize and shard genomes with Ray tasks. Re-running the same "
-        "command into the same --out finishes only what is missing.",
+        help="turn FASTA genomes and MAF alignments into tokenized WebDataset shards (Ray)",
+        description="Window, filter, tokenize and shard genomes with Ray tasks, on this machine or on a "
+        "Ray cluster (--ray-address). Inputs and --out may be local paths or fsspec URLs (file://, "
+        "s3://, gs:// with the matching fsspec backend). Re-running the same command into the same "
+        "--out finishes only what is missing.",
     )
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="FASTA files (plain, gzip or bgzip)")
-    p.add_argument("--out", type=Path, help="output folder (shards/, manifest.json, ...)")
+    p.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="FASTA (plain, gzip, bgzip) or MAF files, paths or URLs"
+    )
+    p.add_argument("--out", help="output folder or URL (shards/, manifest.json, ...)")
     p.add_argument("--tokenizer", default="dnagpt-6mer", choices=TOKENIZER_NAMES)
     p.add_argument(
         "--species",
         action="append",
         default=[],
-        help="species of the inputs (human, mouse, ecoli, ... or a token like '<W>'): once for all "
+        help="species of the FASTA inputs (human, mouse, ecoli, ... or a token like '<W>'): once for all "
         "inputs, or once per input in the same order",
     )
-    p.add_argument("--window-tokens", type=int, help="k-mer tokens per window (prepare config window_tokens)")
-    p.add_argument("--num-workers", type=int, help="parallel Ray tasks")
+    p.add_argument(
+        "--species-table",
+        metavar="FILE",
+        help="lines 'NAME SPECIES [TOKEN]': NAME is an input (path, file name or assembly) or a MAF source "
+        "prefix (hg19 of hg19.chr22); e.g. 'Ptro chimp <W>'",
+    )
+    p.add_argument("--window-tokens", type=int, help="tokens per window (prepare config window_tokens)")
+    p.add_argument("--reverse-complement", action="store_true", help="also write reverse-complement copies")
+    p.add_argument("--num-workers", type=int, help="Ray tasks in flight (CPUs of a local Ray instance)")
     p.add_argument(
         "--ray-address", help="address of an existing Ray cluster (default: start a local instance)"
     )
@@ -38,11 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help="override a prepare config field, e.g. --set shard_max_samples=512",
+        help="override a prepare config field, e.g. --set shard_max_samples=512 --set soft_mask=mask",
     )
-    p.add_argument(
-        "--verify", type=Path, metavar="DIR", help="re-read the shards of DIR against its manifest and exit"
-    )
+    p.add_argument("--verify", metavar="DIR", help="re-read the shards of DIR against its manifest and exit")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and inputs, then exit")
     p.set_defaults(func=run)
@@ -50,37 +59,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datapipe.logs import setup_logging
-    from datapipe.prepare import InputSpec, PrepareConfig
+    from datapipe.prepare import PrepareConfig
 
     setup_logging()
     if args.verify:
         return _verify(args.verify)
     overrides = [f"tokenizer={args.tokenizer}", *args.overrides]
-    for flag, field in (
-        ("window_tokens", "window_tokens"),
-        ("num_workers", "num_workers"),
-        ("ray_address", "ray_address"),
-    ):
+    for flag in ("window_tokens", "num_workers", "ray_address"):
         if getattr(args, flag) is not None:
-            overrides.append(f"{field}={getattr(args, flag)}")
+            overrides.append(f"{flag}={getattr(args, flag)}")
+    if args.reverse_complement:
+        overrides.append("reverse_complement=true")
     cfg = PrepareConfig().with_overrides(overrides)
-    if not args.inputs:
-        raise ValueError("no INPUT given: name one or more FASTA files")
-    species = args.species or []
-    if not species:
-        raise ValueError("--species is required (e.g. --species human): DNAGPT samples carry a species token")
-    if len(species) not in (1, len(args.inputs)):
-        raise ValueError(
-            f"--species given {len(species)} times for {len(args.inputs)} inputs: give it once "
-            "(all inputs) or once per input"
-        )
-    specs = [
-        InputSpec(path=str(p), species=species[0] if len(species) == 1 else species[i])
-        for i, p in enumerate(args.inputs)
-    ]
-    for spec in specs:
-        if not Path(spec.path).is_file():
-            raise FileNotFoundError(f"input {spec.path} does not exist or is not a file")
+    specs = input_specs(args.inputs, args.species, args.species_table)
     if args.dry_run:
         print(json.dumps({"config": cfg.to_dict(), "inputs": [vars(s) for s in specs]}, indent=2))
         return 0
@@ -89,20 +80,51 @@ def run(args: argparse.Namespace) -> int:
     return _prepare(specs, args.out, cfg, track=not args.no_mlflow)
 
 
-def _prepare(specs, out: Path, cfg, *, track: bool) -> int:
+def input_specs(inputs: list[str], species: list[str], table_path: str | None) -> list[Any]:
+    """One InputSpec per input, from --species and/or --species-table (every error names the input)."""
+    from datapipe.io import sniff
+    from datapipe.prepare import InputSpec, assembly_name
+    from datapipe.species import read_species_table
+
+    if not inputs:
+        raise ValueError("no INPUT given: name one or more FASTA or MAF files")
+    if species and len(species) not in (1, len(inputs)):
+        raise ValueError(
+            f"--species given {len(species)} times for {len(inputs)} inputs: give it once (all inputs) "
+            "or once per input"
+        )
+    table = read_species_table(table_path) if table_path else {}
+    specs = []
+    for i, path in enumerate(inputs):
+        fmt = sniff(path).fmt  # also: missing file, empty file, unsupported compression
+        if fmt == "maf":
+            if not table:
+                raise ValueError(
+                    f"input {path} is a MAF alignment: map its sources to species with --species-table "
+                    "(lines like 'hg19 human' or 'panTro4 chimp <W>')"
+                )
+            specs.append(InputSpec(path=path, sources=table))
+            continue
+        name = species[0] if len(species) == 1 else species[i] if species else None
+        if name is not None:
+            specs.append(InputSpec(path=path, species=name))
+            continue
+        for key in (path, path.rstrip("/").rsplit("/", 1)[-1], assembly_name(path)):
+            if key in table:
+                specs.append(InputSpec(path=path, species=table[key][0], token=f"<{table[key][1]}>"))
+                break
+        else:
+            raise ValueError(
+                f"--species is required (e.g. --species human) for input {path}: DNAGPT samples carry a "
+                "species token; or add a line for it to --species-table"
+            )
+    return specs
+
+
+def _prepare(specs: list[Any], out: str, cfg: Any, *, track: bool) -> int:
     from datapipe.prepare import run_prepare
 
-    fresh = not out.exists()
-    try:
-        manifest = run_prepare(specs, out, cfg)
-    except BaseException:
-        # Leave nothing partial: a new folder goes away; a resumed one keeps its completed units only.
-        if fresh:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            for tmp in out.rglob("*.tmp"):
-                tmp.unlink(missing_ok=True)
-        raise
+    manifest = run_prepare(specs, out, cfg)  # leaves nothing partial behind on error
     t = manifest["totals"]
     _track(out, cfg, manifest, enabled=track)
     print(
@@ -112,25 +134,37 @@ def _prepare(specs, out: Path, cfg, *, track: bool) -> int:
     return 0
 
 
-def _track(out: Path, cfg, manifest: dict, *, enabled: bool) -> None:
+def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> None:
+    import logging
+    import os
+
+    from datapipe.io import Storage
     from datapipe.shards import MANIFEST
     from datapipe.tracking import default_tracking_uri, start_tracker
 
+    storage = Storage(out)
+    if not storage.local and "MLFLOW_TRACKING_URI" not in os.environ:
+        logging.getLogger(__name__).info(
+            "--out is not a local folder and MLFLOW_TRACKING_URI is not set: this run is not tracked"
+        )
+        return
+    out_path = Path(storage.root)
     tracker = start_tracker(
         experiment="dnafm-prepare",
-        run_name=f"prepare-{out.name}",
-        tracking_uri=default_tracking_uri(out),
+        run_name=f"prepare-{out_path.name}",
+        tracking_uri=default_tracking_uri(out_path),
         enabled=enabled,
     )
     tracker.log_params({**cfg.flat(), "inputs": ",".join(s["path"] for s in manifest["inputs"])})
     totals = {f"prepare/{k}": float(v) for k, v in manifest["totals"].items()}
     tracker.log_metrics({**totals, "prepare/n_fraction": manifest["n_fraction"]}, step=0)
-    tracker.log_artifact(out / MANIFEST)
-    tracker.set_tags({"output": str(out.resolve())})
+    if storage.local:
+        tracker.log_artifact(out_path / MANIFEST)
+    tracker.set_tags({"output": storage.url})
     tracker.finish()
 
 
-def _verify(folder: Path) -> int:
+def _verify(folder: str) -> int:
     from datapipe.shards import verify
 
     problems = verify(folder)

@@ -1,181 +1,162 @@
-"""``dnafm prepare``: genomes (FASTA) -> tokenized WebDataset shards + manifest, with Ray.
+"""``dnafm prepare``: genomes (FASTA, MAF) -> tokenized WebDataset shards + manifest, with Ray.
 
-The driver streams each input record by record, cuts it into regions (work units) whose
-boundaries are multiples of the window length, and hands each region to a Ray task that
-windows, tokenizes and writes that unit's shards. Unit ids and shard names depend only on the
-inputs and the config, never on scheduling, so any number of workers gives the same bytes. A
-unit is done when its ``units/uNNNNNN.json`` exists (written after its shards are renamed), so
-re-running the same command finishes only the missing units.
+The driver only plans and collects; every byte of input is read by Ray tasks, which is what lets
+the same command run on one laptop or on many nodes (inputs and output through fsspec):
+
+1. ``sniff`` each input (compression from the magic bytes, FASTA or MAF); a missing, empty or
+   bzip2/xz/zstd input fails here, before anything is written.
+2. Chunks (``io``) are the work units. FASTA inputs that can be entered mid-file (plain text,
+   bgzip) get a ``scan_task`` per chunk, in parallel; the driver stitches the scans in chunk order
+   (``fasta_chunks``; format errors surface here with their line) and, pipelined with the scans,
+   submits ``fasta_chunk_unit`` for each chunk whose windows it can now place (``schedule``).
+   MAF chunks need no scan (``maf_units``); a plain-gzip input is one task (``fasta_stream_units``
+   or ``maf_units``) that reads it from the start. A unit is done when ``units/<unit>.json``
+   exists; it is written after the unit's shards are renamed into place.
+3. The manifest is assembled from the unit markers in unit order.
+
+Unit and shard names depend only on the inputs and the config, so any number of workers gives the
+same bytes, and re-running the same command finishes only the missing units. Ray re-runs a task
+whose worker died (``max_retries``); a format error or a full disk is not retried.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from datapipe import __version__
-from datapipe.config import Config, check
-from datapipe.fasta import read_fasta
-from datapipe.logs import progress
-from datapipe.shards import FORMAT_VERSION, MANIFEST, Sample, write_json_atomic, write_shard
-from datapipe.species import species_token
-from datapipe.tokenizers import TOKENIZER_NAMES, get_tokenizer
-from datapipe.windows import GC_BINS, cut_windows
+from datapipe.fasta_chunks import Stitcher
+from datapipe.io import COMPRESSION_RATIO, ChunkReader, InputFile, Storage, sniff
+from datapipe.maf import MafFormatError
+from datapipe.prepare_config import RUNTIME_FIELDS, InputSpec, PrepareConfig, assembly_name
+from datapipe.schedule import FastaPlan, Scheduler
+from datapipe.shards import FORMAT_VERSION, MANIFEST, SHARDS
+from datapipe.tokenizers import get_tokenizer
+from datapipe.units import (
+    UNITS,
+    Job,
+    fasta_chunk_unit,
+    fasta_stream_units,
+    file_marker,
+    maf_units,
+    scan_task,
+    unit_name,
+)
+from datapipe.windows import ANCHOR_WINDOWS, GC_BINS
+
+__all__ = ["InputSpec", "PrepareConfig", "run_prepare", "assembly_name"]
 
 log = logging.getLogger(__name__)
+PLAN = "plan"
 
 
-@dataclass(kw_only=True)
-class PrepareConfig(Config):
-    tokenizer: str = "dnagpt-6mer"
-    """Tokenizer name from the registry (datapipe.tokenizers.TOKENIZER_NAMES)."""
-    window_tokens: int = 508
-    """k-mer tokens per window; DNAGPT adds 4 template tokens, so 508 fills a 512-token context."""
-    min_window_tokens: int = 16
-    """A record's last, shorter window is kept only if it has at least this many tokens."""
-    max_n_frac: float = 0.05
-    """Windows with a larger fraction of N are dropped (DNAGPT: 5%)."""
-    soft_mask: Literal["upper", "mask"] = "upper"
-    """'upper': lower-case (soft-masked) bases are upper-cased; 'mask': also store a per-base mask."""
-    region_bp: int = 4_000_000
-    """Bases per work unit (rounded down to whole windows): bounds the memory of a task."""
-    shard_max_samples: int = 1024
-    """Samples per shard at most."""
-    seed: int = 0
-    num_workers: int = 2
-    """Ray tasks in parallel (and CPUs of the local Ray instance when no address is given)."""
-    ray_address: str | None = None
-    """Address of an existing Ray cluster; a local instance is started when None."""
-
-    def __post_init__(self) -> None:
-        check(self.tokenizer in TOKENIZER_NAMES, "tokenizer", f"must be one of {', '.join(TOKENIZER_NAMES)}")
-        check(self.window_tokens >= 1, "window_tokens", "must be >= 1")
-        check(
-            1 <= self.min_window_tokens <= self.window_tokens,
-            "min_window_tokens",
-            "must be between 1 and window_tokens",
-        )
-        check(0.0 <= self.max_n_frac <= 1.0, "max_n_frac", "must be a fraction in [0, 1]")
-        check(self.shard_max_samples >= 1, "shard_max_samples", "must be >= 1")
-        check(self.num_workers >= 1, "num_workers", "must be >= 1")
-        check(
-            self.region_bp >= self.window_bp(),
-            "region_bp",
-            f"must hold at least one window ({self.window_bp()} bp)",
-        )
-
-    def window_bp(self) -> int:
-        tok = get_tokenizer(self.tokenizer)
-        if tok.family == "dnagpt":  # non-overlapping k-mers
-            return self.window_tokens * tok.k
-        return self.window_tokens + tok.k - 1  # overlapping, stride 1
-
-    def min_window_bp(self) -> int:
-        tok = get_tokenizer(self.tokenizer)
-        return (
-            self.min_window_tokens * tok.k if tok.family == "dnagpt" else self.min_window_tokens + tok.k - 1
-        )
+def chunk_bytes(file: InputFile, config: PrepareConfig) -> int:
+    """Bytes per chunk: of the file for plain and bgzip inputs, of decompressed text for plain gzip."""
+    return config.region_bp // COMPRESSION_RATIO if file.compression == "bgzf" else config.region_bp
 
 
-@dataclass(kw_only=True)
-class InputSpec:
-    path: str
-    species: str
-    token: str = field(default="")
-    assembly: str = field(default="")
+def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareConfig) -> dict[str, Any]:
+    """Prepare shards for ``inputs`` into ``out_dir`` (a path or fsspec URL); return the manifest.
 
-    def __post_init__(self) -> None:
-        self.token = self.token or species_token(self.species)
-        self.assembly = self.assembly or _assembly_name(self.path)
-
-
-def _assembly_name(path: str) -> str:
-    name = os.path.basename(path)
-    for ext in (".gz", ".bgz", ".fa", ".fasta", ".fna"):
-        name = name.removesuffix(ext)
-    return name
-
-
-def process_unit(
-    unit: dict[str, Any], seq: np.ndarray, mask: np.ndarray | None, cfg: dict[str, Any], out_dir: str
-) -> dict[str, Any]:
-    """Window, tokenize and write one work unit. Runs inside a Ray task; pure function of its inputs."""
-    config = PrepareConfig.from_dict(cfg)
-    tok = get_tokenizer(config.tokenizer)
-    windows, stats = cut_windows(
-        seq,
-        offset=unit["start"],
-        window_bp=config.window_bp(),
-        min_window_bp=config.min_window_bp(),
-        max_n_frac=config.max_n_frac,
+    On an error nothing partial is left: a folder this call created is removed, an existing one
+    keeps its completed units only. Interrupted (Ctrl-C, or killed), the completed units stay and
+    the same call finishes the rest.
+    """
+    if not inputs:
+        raise ValueError("no inputs given: name one or more FASTA or MAF files")
+    storage = Storage(out_dir)
+    files = [sniff(spec.path) for spec in inputs]  # missing, empty, bzip2 ... fail before anything is written
+    _check_out_dir(storage, inputs, files, config)
+    existed = storage.exists()
+    fresh = not existed or not storage.listdir()  # ours entirely: removed again on error
+    try:
+        for folder in (SHARDS, UNITS, PLAN):
+            storage.makedirs(folder)
+        removed = storage.remove_temporaries(SHARDS, UNITS, PLAN)
+        if removed:
+            log.info("removed %d temporary files of an interrupted run", removed)
+        storage.write_json(config.to_dict(), "prepare_config.json")
+        storage.write_json({"inputs": _inputs_record(inputs, files)}, "inputs.json")
+        _save_tokenizer(storage, config.tokenizer)
+        _init_ray(config)
+        t0 = time.perf_counter()
+        plans = _run(storage, inputs, files, config)
+        storage.remove_temporaries(SHARDS, UNITS, PLAN)  # left by attempts whose worker died (retried)
+        manifest = build_manifest(storage, inputs, files, plans, config)
+        storage.write_json(manifest, MANIFEST)
+    except KeyboardInterrupt:  # keep the completed units: the same command resumes from them
+        if storage.exists():
+            storage.remove_temporaries(SHARDS, UNITS, PLAN)
+        raise
+    except BaseException:  # bad input, full disk ...: nothing partial left, a previous state kept
+        if fresh and not existed:
+            storage.remove()
+        elif fresh:  # an empty folder the user made: empty it again, keep the folder
+            for name in storage.listdir():
+                storage.remove(name)
+        elif storage.exists():
+            storage.remove_temporaries(SHARDS, UNITS, PLAN)
+        raise
+    elapsed = time.perf_counter() - t0
+    bases = manifest["totals"]["bases"]
+    log.info(
+        "prepare: %.1f Mb in %.1f s = %.1f MB/s of bases (%d workers)",
+        bases / 1e6,
+        elapsed,
+        bases / 1e6 / max(elapsed, 1e-9),
+        config.num_workers,
     )
-    samples = []
-    for i, w in enumerate(windows):
-        lo, hi = w.start - unit["start"], w.end - unit["start"]
-        ids = tok.encode(seq[lo:hi]).astype(np.uint16)  # vocabularies are < 65,536
-        meta = {
-            "species": unit["species"],
-            "token": unit["token"],
-            "assembly": unit["assembly"],
-            "record": unit["record"],
-            "start": w.start,
-            "end": w.end,
-            "strand": "+",
-            "gc": round(w.gc, 6),
-            "n_frac": round(w.n_frac, 6),
-        }
-        packed = np.packbits(mask[lo:hi]) if mask is not None else None
-        samples.append(Sample(key=f"u{unit['id']:06d}-{i:06d}", ids=ids, meta=meta, mask=packed))
-    shard_dir = Path(out_dir) / "shards"
-    shards = []
-    for part, lo in enumerate(range(0, len(samples), config.shard_max_samples)):
-        chunk = samples[lo : lo + config.shard_max_samples]
-        shards.append(write_shard(shard_dir / f"u{unit['id']:06d}-{part:03d}.tar", chunk))
-    result = {
-        "unit": unit,
-        "shards": shards,
-        "kept": stats.kept,
-        "dropped_n": stats.dropped_n,
-        "dropped_short": stats.dropped_short,
-        "base_counts": stats.base_counts,
-        "gc_hist": stats.gc_hist,
-        "tokens": sum(s["tokens"] for s in shards),
-    }
-    write_json_atomic(Path(out_dir) / "units" / f"u{unit['id']:06d}.json", result)
-    return result
+    return manifest
 
 
-def iter_units(inputs: list[InputSpec], config: PrepareConfig):
-    """Yield (unit, seq, mask) in a deterministic order: input, record, region."""
-    region = (config.region_bp // config.window_bp()) * config.window_bp()
-    unit_id = 0
-    for spec in inputs:
-        for rec in read_fasta(spec.path, soft_mask=config.soft_mask):
-            for start in range(0, len(rec.seq), region):
-                end = min(start + region, len(rec.seq))
-                unit = {
-                    "id": unit_id,
-                    "path": spec.path,
-                    "species": spec.species,
-                    "token": spec.token,
-                    "assembly": spec.assembly,
-                    "record": rec.name,
-                    "start": start,
-                    "end": end,
-                }
-                mask = rec.mask[start:end] if rec.mask is not None else None
-                yield unit, rec.seq[start:end], mask
-                unit_id += 1
+def _inputs_record(inputs: list[InputSpec], files: list[InputFile]) -> list[dict[str, Any]]:
+    return [
+        {**vars(s), "size": f.size, "format": f.fmt, "compression": f.compression}
+        for s, f in zip(inputs, files, strict=True)
+    ]
+
+
+def _check_out_dir(
+    storage: Storage, inputs: list[InputSpec], files: list[InputFile], config: PrepareConfig
+) -> None:
+    """Refuse to mix runs: an output folder holding another run's shards is an error, left untouched."""
+    if not storage.exists():
+        return
+    if not storage.exists("prepare_config.json"):
+        if storage.listdir(SHARDS) or storage.exists(MANIFEST):
+            raise FileExistsError(
+                f"{storage.url} holds shards of another run but no prepare_config.json; choose an empty --out folder"
+            )
+        return
+    old = storage.read_json("prepare_config.json")
+    new = config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if k not in RUNTIME_FIELDS and old.get(k) != new.get(k))
+    old_inputs = storage.read_json("inputs.json")["inputs"] if storage.exists("inputs.json") else None
+    if diff or (old_inputs is not None and old_inputs != _inputs_record(inputs, files)):
+        what = f"config fields {', '.join(diff)}" if diff else "the inputs (paths, species or file sizes)"
+        raise FileExistsError(
+            f"{storage.url} holds shards of another prepare run ({what} differ); choose an empty --out "
+            "folder, or delete that folder to start over"
+        )
+
+
+def _save_tokenizer(storage: Storage, name: str) -> None:
+    tok = get_tokenizer(name)
+    if storage.local:
+        tok.save(storage.path("tokenizer"))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            storage.write_bytes(path.read_bytes(), "tokenizer", path.name)
 
 
 def _init_ray(config: PrepareConfig) -> None:
+    import os
+
     import ray
 
     if ray.is_initialized():
@@ -196,116 +177,196 @@ def _init_ray(config: PrepareConfig) -> None:
     )
 
 
-def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareConfig) -> dict[str, Any]:
-    """Prepare shards for ``inputs`` into ``out_dir``; return the manifest."""
+def _remote(fn: Any, **options: Any) -> Any:
     import ray
 
-    out = Path(out_dir)
-    _check_out_dir(out, inputs, config)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    (out / "units").mkdir(exist_ok=True)
-    config.save_json(out / "prepare_config.json")
-    write_json_atomic(out / "inputs.json", {"inputs": [vars(s) for s in inputs]})
-    get_tokenizer(config.tokenizer).save(out / "tokenizer")
-
-    units = iter_units(inputs, config)
-    first = next(units, None)  # reads the first record: most malformed inputs fail here, before Ray starts
-    if first is None:
-        raise ValueError("the inputs hold no sequence")
-    _init_ray(config)
-    task = ray.remote(num_cpus=1, max_retries=3)(process_unit)
-    cfg = config.to_dict()
-    t0 = time.perf_counter()
-    pending: list[Any] = []
-    submitted = skipped = 0
-    bases = 0
-    bar = progress(iter(int, 1), desc="prepare: units", unit="unit")  # open-ended counter bar
-    for unit, seq, mask in itertools.chain([first], units):
-        bases += len(seq)
-        if (out / "units" / f"u{unit['id']:06d}.json").exists():
-            skipped += 1
-            continue
-        # Bound the driver's memory: at most 2 regions per worker in flight.
-        while len(pending) >= 2 * config.num_workers:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-            next(bar)
-        pending.append(task.remote(unit, seq, mask, cfg, str(out)))
-        submitted += 1
-    for ref in pending:
-        ray.get(ref)
-        next(bar)
-    elapsed = time.perf_counter() - t0
-    log.info(
-        "prepare: %d units processed, %d already done, %.1f Mb in %.1f s (%.1f MB/s of bases)",
-        submitted,
-        skipped,
-        bases / 1e6,
-        elapsed,
-        bases / 1e6 / max(elapsed, 1e-9),
-    )
-    manifest = build_manifest(out, inputs, config, num_units=submitted + skipped)
-    write_json_atomic(out / MANIFEST, manifest)
-    return manifest
+    # max_retries: a worker that dies (OOM, node lost, killed) gets its task re-run; a raised error
+    # (bad input, full disk) does not, since retry_exceptions stays False.
+    return ray.remote(num_cpus=1, max_retries=3, **options)(fn)
 
 
-def _check_out_dir(out: Path, inputs: list[InputSpec], config: PrepareConfig) -> None:
-    """Refuse to mix runs: an output folder holding another configuration's shards is an error."""
-    saved = out / "prepare_config.json"
-    if not saved.exists():
-        if out.exists() and (out / "shards").exists() and any((out / "shards").iterdir()):
-            raise FileExistsError(
-                f"{out} holds shards but no prepare_config.json; choose an empty --out folder"
-            )
-        return
-    import json
+def _queue_depth(num_workers: int) -> int:
+    """Extra tasks to keep queued: only when the cluster has no more CPUs than ``num_workers``, so
+    queued tasks wait for a worker instead of running beside the ones asked for."""
+    import ray
 
-    old = json.loads(saved.read_text())
-    new = config.to_dict()
-    runtime = {"num_workers", "ray_address"}  # may change between a run and its resume
-    diff = sorted(k for k in set(old) | set(new) if k not in runtime and old.get(k) != new.get(k))
-    old_inputs = (
-        json.loads((out / "inputs.json").read_text())["inputs"] if (out / "inputs.json").exists() else None
-    )
-    if diff or (old_inputs is not None and old_inputs != [vars(s) for s in inputs]):
-        what = f"config fields {', '.join(diff)}" if diff else "the inputs"
-        raise FileExistsError(
-            f"{out} holds shards of another prepare run ({what} differ); "
-            "choose an empty --out folder, or delete that folder to start over"
+    cpus = ray.cluster_resources().get("CPU", 0)
+    return max(1, num_workers // 4) if cpus <= num_workers else 0
+
+
+def _fields(f: InputFile) -> dict[str, Any]:
+    return {"url": f.url, "size": f.size, "compression": f.compression, "fmt": f.fmt}
+
+
+def _run(
+    storage: Storage, inputs: list[InputSpec], files: list[InputFile], config: PrepareConfig
+) -> dict[int, Any]:
+    """Plan every unit not yet done and run them (see ``schedule``); returns the FASTA plans."""
+    done = {n.removesuffix(".json") for n in storage.listdir(UNITS) if n.endswith(".json")}
+    keep_mask = config.soft_mask == "mask"
+    scan = _remote(scan_task, num_returns=3)
+    units = {
+        "chunk": _remote(fasta_chunk_unit),
+        "stream": _remote(fasta_stream_units),
+        "maf": _remote(maf_units),
+    }
+    fields = [_fields(f) for f in files]
+
+    def save_plan(plan: FastaPlan) -> None:
+        segments = [plan.segments[c] for c in range(plan.chunks)]
+        storage.write_json(
+            {"chunks": plan.chunks, "records": plan.records, "segments": segments},
+            PLAN,
+            f"f{plan.index:04d}.json",
         )
+
+    sched = Scheduler(
+        config.num_workers,
+        scan_fn=lambda i, c: scan.remote(fields[i], chunk_bytes(files[i], config), c, keep_mask),
+        unit_fn=units["chunk"],
+        save_plan=save_plan,
+        queue=_queue_depth(config.num_workers),
+    )
+    plans: dict[int, Any] = {}
+    for i, (spec, f) in enumerate(zip(inputs, files, strict=True)):
+        base = {
+            "out": storage.url,
+            "config": config.to_dict(),
+            "file": fields[i],
+            "file_index": i,
+            "spec": vars(spec),
+            "chunk_bytes": chunk_bytes(f, config),
+        }
+        if not f.splittable:
+            if file_marker(i).removesuffix(".json") not in done:
+                mine = sorted(int(u.rsplit("-u", 1)[1]) for u in done if u.startswith(f"f{i:04d}-u"))
+                fn = units["stream"] if f.fmt == "fasta" else units["maf"]
+                sched.add_task(fn, vars(Job(**base, first=0, last=None, done=mine)))
+            continue
+        n = ChunkReader(f, base["chunk_bytes"]).num_chunks() or 0
+        todo = {c for c in range(n) if unit_name(i, c) not in done}
+        if f.fmt == "maf":
+            for c in sorted(todo):
+                sched.add_task(units["maf"], vars(Job(**base, first=c, last=c)))
+            continue
+        plan = FastaPlan(index=i, url=f.url, chunks=n, window_bp=config.window_bp(), todo=todo)
+        if storage.exists(PLAN, f"f{i:04d}.json"):
+            saved = storage.read_json(PLAN, f"f{i:04d}.json")
+            plan.records, plan.stitched = saved["records"], n
+            plan.segments = dict(enumerate(saved["segments"]))
+        else:
+            plan.stitcher = Stitcher(f.url)
+        plans[i] = plan
+        sched.add_fasta(plan, lambda c, extra, base=base: vars(Job(**base, first=c, last=c, **extra)))
+    try:
+        sched.run()
+    except MafFormatError as err:
+        raise _global_line(err, files, config) from None
+    return plans
+
+
+def _global_line(err: MafFormatError, files: list[InputFile], config: PrepareConfig) -> MafFormatError:
+    """A chunk task counts MAF lines from its chunk's first byte; add the lines of the chunks before."""
+    if not err.chunk or err.line is None:
+        return err
+    f = next(f for f in files if f.url == err.path)
+    lines = 0
+    for c, piece in ChunkReader(f, chunk_bytes(f, config)).pieces(0):
+        if c >= err.chunk:
+            break
+        lines += piece.count(b"\n")
+    return MafFormatError(err.path, err.line + lines, err.message)
+
+
+def _num_units(storage: Storage, i: int, f: InputFile, config: PrepareConfig) -> int:
+    if not f.splittable:
+        return int(storage.read_json(UNITS, file_marker(i))["units"])
+    return ChunkReader(f, chunk_bytes(f, config)).num_chunks() or 0
 
 
 def build_manifest(
-    out: Path, inputs: list[InputSpec], config: PrepareConfig, *, num_units: int
+    storage: Storage,
+    inputs: list[InputSpec],
+    files: list[InputFile],
+    plans: dict[int, Any],
+    config: PrepareConfig,
 ) -> dict[str, Any]:
-    import json
-
-    results = [json.loads((out / "units" / f"u{i:06d}.json").read_text()) for i in range(num_units)]
-    shards = [s for r in results for s in r["shards"]]
-    base_counts = {b: sum(r["base_counts"][b] for r in results) for b in "ACGTN"}
-    total_bases = sum(base_counts.values())
+    shards: list[dict[str, Any]] = []
+    base_counts = dict.fromkeys("ACGTN", 0)
+    gc_hist = [0] * GC_BINS
     per_species: dict[str, int] = {}
-    for r in results:
-        per_species[r["unit"]["species"]] = per_species.get(r["unit"]["species"], 0) + r["tokens"]
-    gc_hist = [sum(r["gc_hist"][i] for r in results) for i in range(GC_BINS)]
+    kept = dropped_n = dropped_short = units = 0
+    per_input = []
+    for i, f in enumerate(files):
+        n = _num_units(storage, i, f, config)
+        bases = 0
+        for c in range(n):
+            r = storage.read_json(UNITS, f"{unit_name(i, c)}.json")
+            shards += r["shards"]
+            for b in "ACGTN":
+                base_counts[b] += r["base_counts"][b]
+            bases += sum(r["base_counts"].values())
+            gc_hist = [a + b for a, b in zip(gc_hist, r["gc_hist"], strict=True)]
+            for sp, t in r["tokens_per_species"].items():
+                per_species[sp] = per_species.get(sp, 0) + t
+            kept += r["kept"]
+            dropped_n += r["dropped_n"]
+            dropped_short += r["dropped_short"]
+        units += n
+        entry = {**_inputs_record([inputs[i]], [f])[0], "units": n, "bases": bases}
+        if i in plans:
+            entry["records"] = len(plans[i].records)
+        per_input.append(entry)
+    total_bases = sum(base_counts.values())
+    tok = get_tokenizer(config.tokenizer)
     return {
         "format_version": FORMAT_VERSION,
         "code_version": __version__,
         "tokenizer": config.tokenizer,
-        "config": config.to_dict(),
-        "inputs": [vars(s) for s in inputs],
+        "config": config.output_dict(),
+        "recipe": _recipe(config, tok.family, tok.k),
+        "inputs": per_input,
         "shards": shards,
         "totals": {
             "samples": sum(s["samples"] for s in shards),
             "tokens": sum(s["tokens"] for s in shards),
             "shards": len(shards),
-            "units": num_units,
+            "units": units,
             "bases": total_bases,
-            "windows_dropped_n": sum(r["dropped_n"] for r in results),
-            "windows_dropped_short": sum(r["dropped_short"] for r in results),
+            "windows_kept": kept,
+            "windows_dropped_n": dropped_n,
+            "windows_dropped_short": dropped_short,
         },
-        "tokens_per_species": per_species,
+        "tokens_per_species": dict(sorted(per_species.items())),
         "base_composition": base_counts,
         "n_fraction": base_counts["N"] / max(total_bases, 1),
         "gc_histogram": {"edges": [i / GC_BINS for i in range(GC_BINS + 1)], "counts": gc_hist},
+    }
+
+
+def _recipe(config: PrepareConfig, family: str, k: int) -> dict[str, Any]:
+    """Every sampling choice, in words as well as fields, so a reader of the manifest needs no code."""
+    if family == "dnagpt":
+        layout = (
+            f"non-overlapping windows of {config.window_tokens} {k}-mer tokens ({config.window_bp()} bp) "
+            f"from each record start; a record's last window is kept with >= {config.min_window_tokens} tokens"
+        )
+    else:
+        layout = (
+            f"consecutive pieces, {config.full_length_frac:.0%} of {config.window_tokens} tokens, the others "
+            f"uniform in [{config.min_window_tokens}, {config.window_tokens}] tokens (overlapping {k}-mers), "
+            f"drawn per anchor of {ANCHOR_WINDOWS} x {config.window_bp()} bp from (seed, record, anchor)"
+        )
+    return {
+        "family": family,
+        "k": k,
+        "layout": layout,
+        "window_bp": config.window_bp(),
+        "n_filter": f"windows with N fraction > {config.max_n_frac} dropped",
+        "gc": "(G + C) / (A + C + G + T) of each window, computed at preparation time",
+        "soft_mask": "upper-cased"
+        if config.soft_mask == "upper"
+        else "upper-cased, per-base mask stored (mask.npy)",
+        "reverse_complement": config.reverse_complement,
+        "maf": "each aligned row is a sequence of its own, gaps removed; windows never span blocks",
     }

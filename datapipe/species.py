@@ -35,3 +35,36 @@ def species_token(species: str) -> str:
         f"unknown species '{species}': known species are {known}; for another species give a "
         f"free token explicitly, e.g. '<W>' (free letters: W Y X Z)"
     )
+
+
+def read_species_table(path: str) -> dict[str, list[str]]:
+    """A species table: ``NAME SPECIES [TOKEN]`` per line (whitespace-separated, '#' comments).
+
+    NAME is an input file (its path, file name or assembly name, e.g. ``GRCh38`` for
+    ``GRCh38.fa.gz``) or a MAF source prefix (``hg19`` of ``hg19.chr22``). SPECIES is a DNAGPT
+    species name or any name with an explicit TOKEN (``chimp <W>``). Returns NAME -> [SPECIES, LETTER].
+    """
+    import fsspec
+
+    table: dict[str, list[str]] = {}
+    with fsspec.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) not in (2, 3):
+            raise ValueError(
+                f"{path}:{number}: expected 'NAME SPECIES [TOKEN]' (2 or 3 fields), got {len(fields)}"
+            )
+        name, species = fields[0], fields[1]
+        if name in table:
+            raise ValueError(f"{path}:{number}: {name!r} is listed twice")
+        try:
+            letter = species_token(fields[2] if len(fields) == 3 else species)
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: {err}") from None
+        table[name] = [species, letter]
+    if not table:
+        raise ValueError(f"{path}: the species table is empty; add lines 'NAME SPECIES [TOKEN]'")
+    return table

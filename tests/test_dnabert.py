@@ -204,3 +204,22 @@ def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
     proc = torchrun(2, *args, "--out", str(part), "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert curve(part) == curve(full)
+
+
+def test_loader_hands_the_batch_index_to_schedules(tmp_path):
+    """The mask-rate switch needs each batch's index; the loader passes it (same on every rank)."""
+    from datapipe.loader import LoaderConfig, ShardLoader
+    from tests.helpers import chr20_shards
+
+    data = chr20_shards(tmp_path, bases=60_000, window_tokens=100, tokenizer="dnabert-6")
+
+    class Spy:
+        wants_batch_index = True
+
+        def __call__(self, samples, rng, batch_index):
+            return {"index": torch.tensor(batch_index)}
+
+    for rank in (0, 1):
+        loader = ShardLoader(data, LoaderConfig(micro_batch_size=2, num_workers=0), collate=Spy(), rank=rank,
+                             world_size=2)
+        assert [int(next(loader)["index"]) for _ in range(5)] == [0, 1, 2, 3, 4]

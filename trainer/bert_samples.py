@@ -19,6 +19,9 @@ class BertSampleBuilder:
     tokenizer: Tokenizer
     max_seq_len: int
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    wants_batch_index = (
+        True  # class attribute, not a field: the loader passes batch_index for the rate schedule
+    )
 
     def __call__(
         self, samples: list[Sample], rng: np.random.Generator, batch_index: int = 0

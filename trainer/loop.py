@@ -160,6 +160,7 @@ class StepLoop:
                 "train/samples_per_s": float(vec[-1]) / elapsed,
                 "train/peak_mem_gb": _peak_mem_gb(),
                 "train/skipped_steps": float(self.skipped_total),
+                "train/skipped_shards": float(getattr(self.loader, "skipped_shards", 0)),
             }
         )
         peak = device_peak_flops(self.device)

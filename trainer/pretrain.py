@@ -43,6 +43,7 @@ RESUMABLE_CHANGES = {
     "loader.num_workers",
     "loader.skip_bad_shards",
     "train.max_bad_steps",
+    "train.grad_accum_steps",  # e.g. 2 ranks x 1 micro-batch -> 1 rank x 2 keeps the global batch
 }
 
 
