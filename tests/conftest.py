@@ -56,3 +56,21 @@ def demo_run(tmp_path_factory) -> Path:
         )
     (out / "demo.stdout").write_text(proc.stdout)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """One local Ray instance for the whole session (on loopback, auth off), shared by every test that prepares
+    data in-process; `dnafm prepare` reuses an instance that is already up."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+        )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -39,20 +39,8 @@ APES = {"Hsap": ["human", "R"], "Ptro": ["chimp", "W"], "Ggor": ["gorilla", "Y"]
 
 
 @pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def ray_address(ray_cluster):
+    return ray_cluster
 
 
 @pytest.fixture(scope="module")
