@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 from datapipe.fasta import read_fasta
@@ -32,3 +33,19 @@ def chr20_shards(
     )
     run_prepare([InputSpec(path=str(fasta), species="human")], out / "data", cfg)
     return out / "data"
+
+
+def tiny_gpt_args(*, num_workers: int) -> list[str]:
+    """`dnafm pretrain` flags of the short tiny-dnagpt runs the trainer tests compare step by step."""
+    sets = [
+        "train.log_every=1",
+        "optim.warmup_steps=2",
+        "loader.micro_batch_size=4",
+        f"loader.num_workers={num_workers}",
+    ]
+    return ["--recipe", "tiny-dnagpt", "--no-mlflow", *[a for s in sets for a in ("--set", s)]]
+
+
+def curve(run: Path) -> list[float]:
+    """The loss curve a run wrote to metrics.jsonl."""
+    return [json.loads(line)["train/loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -169,8 +169,8 @@ def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
     import json
     import shutil
 
-    from tests.helpers import chr20_shards
-    from tests.test_pretrain_dist import curve, torchrun
+    from tests.helpers import chr20_shards, curve
+    from tests.test_pretrain_dist import torchrun
 
     data = chr20_shards(tmp_path / "data", bases=150_000, window_tokens=100, tokenizer="dnabert-6")
     args = [
@@ -220,6 +220,7 @@ def test_loader_hands_the_batch_index_to_schedules(tmp_path):
             return {"index": torch.tensor(batch_index)}
 
     for rank in (0, 1):
-        loader = ShardLoader(data, LoaderConfig(micro_batch_size=2, num_workers=0), collate=Spy(), rank=rank,
-                             world_size=2)
+        loader = ShardLoader(
+            data, LoaderConfig(micro_batch_size=2, num_workers=0), collate=Spy(), rank=rank, world_size=2
+        )
         assert [int(next(loader)["index"]) for _ in range(5)] == [0, 1, 2, 3, 4]

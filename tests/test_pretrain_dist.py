@@ -15,22 +15,10 @@ import pytest
 import torch
 
 from tests.conftest import REPO, user_env
-from tests.helpers import chr20_shards
+from tests.helpers import chr20_shards, curve, tiny_gpt_args
 
 pytestmark = pytest.mark.slow
-COMMON = [
-    "--recipe",
-    "tiny-dnagpt",
-    "--no-mlflow",
-    "--set",
-    "train.log_every=1",
-    "--set",
-    "optim.warmup_steps=2",
-    "--set",
-    "loader.micro_batch_size=4",
-    "--set",
-    "loader.num_workers=1",
-]
+COMMON = tiny_gpt_args(num_workers=1)
 
 
 def torchrun(nproc: int, *args: str, wait: bool = True):
@@ -52,10 +40,6 @@ def torchrun(nproc: int, *args: str, wait: bool = True):
         )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return proc
-
-
-def curve(run: Path) -> list[float]:
-    return [json.loads(line)["train/loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -16,26 +16,10 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_cli, user_env
-from tests.helpers import chr20_shards
+from tests.helpers import chr20_shards, curve, tiny_gpt_args
 
 pytestmark = pytest.mark.slow
-COMMON = [
-    "--recipe",
-    "tiny-dnagpt",
-    "--no-mlflow",
-    "--set",
-    "train.log_every=1",
-    "--set",
-    "optim.warmup_steps=2",
-    "--set",
-    "loader.micro_batch_size=4",
-    "--set",
-    "loader.num_workers=0",
-]
-
-
-def curve(run: Path) -> list[float]:
-    return [json.loads(line)["train/loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+COMMON = tiny_gpt_args(num_workers=0)
 
 
 @pytest.fixture(scope="module")
