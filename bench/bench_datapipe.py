@@ -110,7 +110,7 @@ def bench_loader(data: str, collate, *, workers: int, batch: int, batches: int) 
     tokens = 0
     for _ in range(batches):
         b = next(loader)
-        tokens += int(b["num_tokens"]) - (4 * batch if "gc_mask" in b else 0)  # template tokens are not data
+        tokens += int(b["num_tokens"]) - (4 * batch if "n_kmers" in b else 0)  # template tokens are not data
     wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     del loader
     return tokens / wall, tokens / cpu

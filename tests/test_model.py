@@ -10,7 +10,7 @@ from datapipe.shards import Sample
 from datapipe.tokenizers import get_tokenizer
 from trainer.gpt import DNAGPT, GPTConfig
 from trainer.losses import dnagpt_pretrain_loss
-from trainer.samples import IGNORE, TEMPLATE_TOKENS, GptSampleBuilder
+from trainer.samples import IGNORE, TEMPLATE_TOKENS, GptSampleBuilder, gpt_targets
 
 TOK = get_tokenizer("dnagpt-6mer")
 
@@ -75,6 +75,8 @@ def test_template_layout_and_targets():
     s = sample("AAAAAACCCCCCGGGGGG")  # 3 k-mers
     kmers = TOK.encode("AAAAAACCCCCCGGGGGG").tolist()
     batch = builder([s, sample("TTTTTT", gc=0.0, token="Q")], np.random.default_rng(0))
+    assert set(batch) == {"input_ids", "n_kmers", "gc", "num_tokens"}  # compact on the wire
+    batch = {**batch, **gpt_targets(batch)}
     row = batch["input_ids"][0].tolist()
     assert row[: 3 + TEMPLATE_TOKENS] == [
         TOK.token_to_id("<R>"),
@@ -95,6 +97,7 @@ def test_template_layout_and_targets():
 def test_reversal_reverses_kmer_order_and_sets_the_answer():
     builder = GptSampleBuilder(tokenizer=TOK, max_seq_len=16, reverse_prob=1.0)
     batch = builder([sample("AAAAAACCCCCCGGGGGG")], np.random.default_rng(0))
+    batch = {**batch, **gpt_targets(batch)}
     kmers = TOK.encode("AAAAAACCCCCCGGGGGG").tolist()
     assert batch["input_ids"][0, 1:4].tolist() == kmers[::-1]
     assert batch["order_targets"][0, 4] == TOK.token_to_id("<1>")

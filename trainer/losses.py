@@ -6,13 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from trainer.gpt import DNAGPT
-from trainer.samples import IGNORE
+from trainer.samples import IGNORE, gpt_targets
 
 GC_LOSS_WEIGHT = 0.01
 
 
 def dnagpt_pretrain_loss(model: DNAGPT, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Returns {'loss', 'loss_lm', 'loss_order', 'loss_gc', 'order_acc'}; 'loss' carries the gradient."""
+    if "lm_targets" not in batch:
+        batch = {**batch, **gpt_targets(batch)}
     hidden = model(batch["input_ids"])  # (B, T, D)
     lm_mask = batch["lm_targets"] != IGNORE
     # Project only the positions that carry a target: the (B, T, V) logits tensor is the largest

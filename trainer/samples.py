@@ -63,30 +63,42 @@ class GptSampleBuilder:
         return np.concatenate([[species], kmers, [self.ask, self.answer[int(reverse)], self.slot]])
 
     def __call__(self, samples: list[Sample], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Batch of B samples -> tensors of shape (B, T_max); T_max = longest sample in the batch."""
+        """Batch of B samples -> input_ids (B, T_max) padded with <P>, n_kmers (B,), gc (B,).
+
+        The targets are not built here: they follow from input_ids and n_kmers (``gpt_targets``, on the
+        training device), so only the ids cross from the loader workers (the per-position target tensors
+        would quadruple the bytes on the wire, which bounds the loader's throughput).
+        """
         reverse = rng.random(len(samples)) < self.reverse_prob
         seqs = [self.encode(s, bool(r)) for s, r in zip(samples, reverse, strict=True)]
         b, t = len(seqs), max(len(s) for s in seqs)
         input_ids = np.full((b, t), self.pad, dtype=np.int64)
-        lm_targets = np.full((b, t), IGNORE, dtype=np.int64)
-        order_targets = np.full((b, t), IGNORE, dtype=np.int64)
-        gc_mask = np.zeros((b, t), dtype=bool)
-        gc_targets = np.zeros((b, t), dtype=np.float32)
-        for i, (seq, sample) in enumerate(zip(seqs, samples, strict=True)):
-            n = len(seq) - TEMPLATE_TOKENS
+        for i, seq in enumerate(seqs):
             input_ids[i, : len(seq)] = seq
-            lm_targets[i, :n] = seq[1 : n + 1]
-            order_targets[i, n + 1] = seq[n + 2]
-            gc_mask[i, n + 3] = True
-            gc_targets[i, n + 3] = sample.meta["gc"]
         return {
             "input_ids": torch.from_numpy(input_ids),
-            "lm_targets": torch.from_numpy(lm_targets),
-            "order_targets": torch.from_numpy(order_targets),
-            "gc_mask": torch.from_numpy(gc_mask),
-            "gc_targets": torch.from_numpy(gc_targets),
+            "n_kmers": torch.tensor([len(s) - TEMPLATE_TOKENS for s in seqs], dtype=torch.int64),
+            "gc": torch.tensor([float(s.meta["gc"]) for s in samples], dtype=torch.float32),
             "num_tokens": torch.tensor(int(sum(len(s) for s in seqs))),
         }
+
+
+def gpt_targets(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-position targets of a GptSampleBuilder batch, all (B, T), built with a few vectorised ops.
+
+    lm_targets: the next token at positions 0..n-1 (the k-mers), IGNORE elsewhere; order_targets: the answer
+    token at the ``<=>`` position n+1; gc_mask / gc_targets: the ``<M>`` output slot at n+3 and the GC there.
+    """
+    ids, n = batch["input_ids"], batch["n_kmers"][:, None]  # (B, T), (B, 1)
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]  # (1, T)
+    nxt = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], IGNORE)], dim=1)  # token at t+1
+    gc_mask = pos == n + 3
+    return {
+        "lm_targets": torch.where(pos < n, nxt, IGNORE),
+        "order_targets": torch.where(pos == n + 1, nxt, IGNORE),
+        "gc_mask": gc_mask,
+        "gc_targets": gc_mask * batch["gc"][:, None],
+    }
 
 
 def render(tokenizer: Tokenizer, ids: np.ndarray) -> list[str]:
