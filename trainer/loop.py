@@ -56,6 +56,7 @@ class StepLoop:
     stop: Any  # StopRequested: .signum != 0 once SIGTERM/SIGINT arrived
     checkpoint: Callable[[int], str]
     skipped_total: int = 0
+    _signal_agreed: bool = False
     _window: dict[str, Any] = field(default_factory=dict)
 
     def run(self, start_step: int) -> str:
@@ -113,17 +114,22 @@ class StepLoop:
             w["micro"] += 1
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
-        # One tiny all-reduce per micro-batch: a sync point, but every rank must agree to skip together.
-        flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=self.device)
+        """Whether the loss is finite on every rank. The same all-reduce (one per micro-batch: a sync point,
+        but every rank must agree to skip together) also carries the signal flag, so a SIGTERM that reached
+        one rank stops all of them at the same step without a second collective."""
+        flag = torch.tensor(
+            [0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(self.stop.signum)], device=self.device
+        )
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return flag.item() == 0.0
+        bad, signum = flag.tolist()
+        if signum and not self.stop.signum:
+            self.stop.signum = int(signum)
+        self._signal_agreed = self._signal_agreed or bool(signum)
+        return bad == 0.0
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor([float(self.stop.signum)], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # a signal to one rank stops all of them together
-        if flag.item() and not self.stop.signum:
-            self.stop.signum = int(flag.item())
-        return bool(flag.item())
+        """True once a signal was seen by any rank in an all-reduce; every rank sees the same value."""
+        return self._signal_agreed
 
     def _reset_window(self) -> None:
         self._window = {
