@@ -204,17 +204,17 @@ def read_hg19_table(
 # ---------------------------------------------------------------------------------------------- text formats
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without the newline) of a plain or gzip/bgzip text file."""
+def text_lines(path: Path, error: type[Exception] | None = None) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without the newline) of a plain or gzip/bgzip text file. Undecodable bytes
+    raise ``error(path, line, message)`` (AnnotationFormatError by default; the task readers pass theirs)."""
+    error = error or AnnotationFormatError
     with open_maybe_compressed(path) as fh, io.TextIOWrapper(fh, encoding="utf-8", newline=None) as text:
         lineno = 0
         try:
             for lineno, line in enumerate(text, start=1):  # noqa: B007  (lineno is used after the loop)
                 yield lineno, line.rstrip("\n")
         except UnicodeDecodeError as exc:
-            raise AnnotationFormatError(
-                path, lineno + 1, f"not UTF-8 text ({exc}); is this a binary file?"
-            ) from None
+            raise error(path, lineno + 1, f"not UTF-8 text ({exc}); is this a binary file?") from None
 
 
 def _feature_set(feature: str | Iterable[str] | None) -> set[str] | None:
@@ -312,7 +312,7 @@ def _read_gff(
     name_keys = ("Name", "ID", "gene_name", "gene_id") if gff3 else ("gene_name", "gene_id", "transcript_id")
     rows: list[dict[str, object]] = []
     extra: dict[str, None] = {"source": None, "feature": None, "score": None, "frame": None}
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip() or line.startswith("#"):
             if gff3 and line.startswith("##FASTA"):
                 break  # GFF3 may end with embedded sequences; they are not annotation lines
@@ -373,7 +373,7 @@ def read_bed(path: str | os.PathLike[str], *, chrom: str | None = None) -> pd.Da
     key = None if chrom is None else chrom_key(chrom)
     rows: list[list[object]] = []
     width: int | None = None
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
         cols = line.split("\t") if "\t" in line else line.split()

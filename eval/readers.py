@@ -27,7 +27,6 @@ wrong reader, and training on it would fail silently.
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
 from collections.abc import Collection, Iterator, Sequence
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datapipe.fasta import open_maybe_compressed, read_fasta
+from datapipe.fasta import read_fasta
+from eval.annotations import text_lines
 from eval.datasets import LabelledSet
 
 PathLike = str | os.PathLike[str]
@@ -61,18 +61,9 @@ class DataFormatError(ValueError):
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its newline) of a plain or gzip/bgzip text file."""
     if not path.is_file():
         raise DataFormatError(path, None, "no such file")
-    with open_maybe_compressed(path) as fh, io.TextIOWrapper(fh, encoding="utf-8", newline=None) as text:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(text, start=1):  # noqa: B007  (lineno is read after the loop)
-                yield lineno, line.rstrip("\n")
-        except UnicodeDecodeError as exc:
-            raise DataFormatError(
-                path, lineno + 1, f"not UTF-8 text ({exc}); is this a binary file?"
-            ) from None
+    return text_lines(path, DataFormatError)
 
 
 def _bases(seq: str, path: Path, line: int) -> str:
