@@ -22,10 +22,9 @@ def announce(op: str, path: str, why: str) -> None:
 
 
 def chosen_paths() -> dict[str, str]:
-    """{op: path} of the choices made so far in this process (for logs and MLflow tags)."""
-    return {op: path for op, path in sorted(_announced)}
-
-
-def forget_choices() -> None:
-    """Forget what was announced, so the next choice of every op is logged again (tests)."""
-    _announced.clear()
+    """{op: paths} of the choices made so far in this process (for logs and MLflow tags); an op that took
+    several paths (e.g. Triton for some shapes, torch for others) lists them all."""
+    out: dict[str, list[str]] = {}
+    for op, path in sorted(_announced):
+        out.setdefault(op, []).append(path)
+    return {op: "; ".join(paths) for op, paths in out.items()}

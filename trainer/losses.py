@@ -13,8 +13,7 @@ GC_LOSS_WEIGHT = 0.01
 
 def dnagpt_pretrain_loss(model: DNAGPT, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Returns {'loss', 'loss_lm', 'loss_order', 'loss_gc', 'order_acc'}; 'loss' carries the gradient."""
-    if "lm_targets" not in batch:
-        batch = {**batch, **gpt_targets(batch)}
+    batch = {**batch, **gpt_targets(batch)}  # the loader ships ids + lengths; targets are built here
     hidden = model(batch["input_ids"])  # (B, T, D)
     lm_mask = batch["lm_targets"] != IGNORE
     # Project only the positions that carry a target: the (B, T, V) logits tensor is the largest
