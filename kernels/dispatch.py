@@ -28,3 +28,8 @@ def chosen_paths() -> dict[str, str]:
     for op, path in sorted(_announced):
         out.setdefault(op, []).append(path)
     return {op: "; ".join(paths) for op, paths in out.items()}
+
+
+def forget_choices() -> None:
+    """Forget what was announced, so the next choice of every op is logged again (tests)."""
+    _announced.clear()
