@@ -13,7 +13,8 @@ machine whose vCPUs share physical cores, no program gets more than that ratio f
 
 Loader throughput is k-mer tokens per second delivered to the training process by a ShardLoader
 (2 DataLoader workers, micro-batch 8) over the shards just written, with the trainer's own collate
-(GptSampleBuilder) and with a minimal one (pad ids into one tensor).
+(GptSampleBuilder: ids, or bases for the fused k-mer embedding) and with a minimal one (pad ids into
+one tensor).
 """
 
 from __future__ import annotations
@@ -174,11 +175,14 @@ def main() -> int:
         print(f"| machine ceiling (pure Python, 2 processes vs 1) | | | | | {ceiling:.2f}x | |")
 
         data = results[2]["out"]
-        builder = GptSampleBuilder(tokenizer=get_tokenizer("dnagpt-6mer"), max_seq_len=args.window_tokens + 4)
+        tok, ctx = get_tokenizer("dnagpt-6mer"), args.window_tokens + 4
+        builder = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx)
+        fused = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx, ship_bases=True)
         print("\n| loader, micro-batch 8 | M tokens/s | M tokens per CPU-second |")
         print("|---|---:|---:|")
         for name, collate in (
             ("trainer collate (GptSampleBuilder)", builder),
+            ("trainer collate shipping bases (model.embedding=fused)", fused),
             ("pad-only collate", _pad_collate),
         ):
             for workers in (2, 0):

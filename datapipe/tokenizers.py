@@ -181,6 +181,15 @@ class Tokenizer:
         """Text of a 1-D id sequence (NumPy array, list, or CPU torch tensor); out-of-range ids raise."""
         raise NotImplementedError
 
+    def to_bases(self, ids) -> np.ndarray:
+        """(n,) k-mer ids of one sample -> uint8 bases whose ``encode`` gives ``ids`` back exactly.
+
+        What a loader ships to the fused k-mer embedding (``kernels.kmer_embedding``) when shards hold
+        ids. Bases hidden behind the unknown id are lost (the id path loses them too): they come back as
+        bytes the tokenizer maps to unknown again. Reserved ids other than unknown raise ValueError.
+        """
+        raise NotImplementedError
+
     def token_to_id(self, token: str) -> int:
         try:
             return self._ids[token]
@@ -299,6 +308,30 @@ class DnaGptTokenizer(Tokenizer):
         """Reserved ids -> ``<x>``, k-mer ids -> bases, concatenated (unknown id 0 -> ``<0>``)."""
         return "".join(self.vocab[i] for i in _as_ids(ids, self.vocab_size, self.name).tolist())
 
+    def to_bases(self, ids) -> np.ndarray:
+        """Each k-mer id -> its bases; the unknown id -> k bytes ``?`` (outside NAGCT, so unknown again)."""
+        arr = _as_ids(ids, self.vocab_size, self.name)
+        bases, lengths = self._id_bases()
+        bad = (arr < len(self.RESERVED_SYMBOLS)) & (arr != self.unk_id)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{self.name}: id {arr[i]} ({self.vocab[arr[i]]}) at {i} is not a k-mer")
+        rows, n = bases[arr], lengths[arr]  # (m, 6), (m,)
+        if (n == self.k).all():  # every k-mer full: the usual case, one reshape
+            return rows.reshape(-1)
+        return rows[np.arange(self.k)[None, :] < n[:, None]]  # row-major: each k-mer's first n bytes
+
+    @functools.cache  # noqa: B019 - tokenizers are cached singletons; the table lives as long
+    def _id_bases(self) -> tuple[np.ndarray, np.ndarray]:
+        """(V, 6) uint8 bytes of every id (left-aligned) and (V,) their count; reserved ids -> 6 x '?'."""
+        bases = np.full((self.vocab_size, self.k), ord("?"), np.uint8)
+        lengths = np.full(self.vocab_size, self.k, np.int64)
+        for i in range(len(self.RESERVED_SYMBOLS), self.vocab_size):
+            text = self.vocab[i].encode()
+            bases[i, : len(text)] = np.frombuffer(text, np.uint8)
+            lengths[i] = len(text)
+        return bases, lengths
+
 
 def _read_dnabert_vocab(path: Path, k: int) -> list[str]:
     """Read and check a DNABERT vocab file: the 5 specials, then each of the 4^k k-mers exactly once."""
@@ -375,15 +408,32 @@ class DnaBertTokenizer(Tokenizer):
         return "".join(parts)
 
     def _decode_run(self, run: np.ndarray) -> str:
+        return self._run_bases(run).tobytes().decode("ascii")
+
+    def _run_bases(self, run: np.ndarray) -> np.ndarray:
+        """(m,) k-mer / [UNK] ids -> (m + k - 1,) uint8 bases ('N' where only [UNK] k-mers cover a base)."""
         m = run.shape[0]
         if m == 0:
-            return ""
+            return np.zeros(0, np.uint8)
         bases = self._bases[run]  # (m, k)
         known = run != self.unk_id  # (m,)
         out = np.full(m + self.k - 1, ord("N"), np.uint8)
         for j in range(self.k):  # later j = earlier window: the earliest known k-mer writes last and wins
             out[j : j + m][known] = bases[known, j]
-        return out.tobytes().decode("ascii")
+        return out
+
+    def to_bases(self, ids) -> np.ndarray:
+        """Exact: an [UNK] k-mer held a non-ACGT base, which every k-mer covering it shares, so no known
+        k-mer writes that base and it comes back as 'N' (-> [UNK] again); known k-mers agree where they
+        overlap. Zero ids give zero bases (a piece shorter than k has no k-mers to recover it from)."""
+        arr = _as_ids(ids, self.vocab_size, self.name)
+        bad = (arr < len(DNABERT_SPECIALS)) & (arr != self.unk_id)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{self.name}: id {arr[i]} ({self.vocab[arr[i]]}) at {i} is not a k-mer")
+        if len(arr) and not (arr == self.unk_id).any():  # usual case: the first k-mer + each next last base
+            return np.concatenate([self._bases[arr[0]], self._bases[arr[1:], -1]])
+        return self._run_bases(arr)
 
 
 @functools.cache  # == lru_cache(maxsize=None)

@@ -37,6 +37,9 @@ class BertConfig(Config):
     """Classes of the sequence-classification head."""
     attention: Literal["auto", "torch", "triton"] = "auto"
     """kernels.fused_attention implementation (see GPTConfig.attention)."""
+    embedding: Literal["ids", "fused"] = "ids"
+    """Pretraining input path: token ids, or raw bases through ``kernels.kmer_embedding`` (see
+    GPTConfig.embedding)."""
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
@@ -101,8 +104,15 @@ class DNABERT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """-> hidden states (B, T, D)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        token_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """-> hidden states (B, T, D). ``token_embeds`` (B, T, D): the rows of ``word`` for ``input_ids``
+        when the caller already gathered them (the fused k-mer embedding)."""
         b, t = input_ids.shape
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
@@ -112,11 +122,9 @@ class DNABERT(nn.Module):
             else torch.ones_like(input_ids, dtype=torch.bool)
         )
         pos = torch.arange(t, device=input_ids.device)
-        x = (
-            kernels.token_embedding(input_ids, self.word.weight)
-            + self.position(pos)
-            + self.token_type(torch.zeros_like(input_ids))
-        )
+        if token_embeds is None:
+            token_embeds = kernels.token_embedding(input_ids, self.word.weight)
+        x = token_embeds + self.position(pos) + self.token_type(torch.zeros_like(input_ids))
         x = self.dropout(self.emb_norm(x))
         for layer in self.layers:
             x = layer(x, keep)

@@ -79,9 +79,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", type=Path, required=True, help="export folder")
     e.add_argument("--tag", help="checkpoint tag (default: latest)")
     e.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    e.add_argument("--format", choices=("dnafm", "hf"), default="dnafm",
-                   help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face BertForMaskedLM folder "
-                        "(DNABERT runs only)")
+    e.add_argument(
+        "--format",
+        choices=("dnafm", "hf"),
+        default="dnafm",
+        help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face BertForMaskedLM folder "
+        "(DNABERT runs only)",
+    )
     e.add_argument("--dry-run", action="store_true", help="print what would be exported and exit")
     e.set_defaults(func=run_export)
 

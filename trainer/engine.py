@@ -192,12 +192,14 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
 
 def register_external_parameters(model: torch.nn.Module) -> None:
     """ZeRO-3 gathers a module's parameters around that module's forward. The tied embedding matrix is
-    also read outside ``wte.forward`` (the token-embedding op and the LM head), so tell ZeRO-3 that the
-    enclosing modules use it."""
+    also read outside its own forward (the token-embedding ops, the LM heads, and the fused k-mer
+    embedding, which the training module calls), so tell ZeRO-3 that the enclosing modules use it.
+    DNAGPT calls it ``wte``, DNABERT ``word``."""
     import deepspeed
 
     for module in model.modules():
-        wte = getattr(module, "wte", None)
-        if isinstance(wte, torch.nn.Embedding):
-            deepspeed.zero.register_external_parameter(module, wte.weight)
-            deepspeed.zero.register_external_parameter(model, wte.weight)
+        for attr in ("wte", "word"):
+            table = getattr(module, attr, None)
+            if isinstance(table, torch.nn.Embedding):
+                deepspeed.zero.register_external_parameter(module, table.weight)
+                deepspeed.zero.register_external_parameter(model, table.weight)

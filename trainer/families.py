@@ -31,26 +31,33 @@ def _gpt_build(cfg: PretrainConfig) -> torch.nn.Module:
     from trainer.gpt import DNAGPT
     from trainer.losses import DNAGPTForPretraining
 
-    return DNAGPTForPretraining(DNAGPT(cfg.model))
+    return DNAGPTForPretraining(DNAGPT(cfg.model), tokenizer=cfg.tokenizer)
 
 
 def _gpt_collate(cfg: PretrainConfig, tok: Tokenizer):
     from trainer.samples import GptSampleBuilder
 
-    return GptSampleBuilder(tokenizer=tok, max_seq_len=cfg.model.max_seq_len)
+    return GptSampleBuilder(
+        tokenizer=tok, max_seq_len=cfg.model.max_seq_len, ship_bases=cfg.model.embedding == "fused"
+    )
 
 
 def _bert_build(cfg: PretrainConfig) -> torch.nn.Module:
     from trainer.bert import DNABERT
     from trainer.losses import DNABERTForPretraining
 
-    return DNABERTForPretraining(DNABERT(cfg.model))
+    return DNABERTForPretraining(DNABERT(cfg.model), tokenizer=cfg.tokenizer)
 
 
 def _bert_collate(cfg: PretrainConfig, tok: Tokenizer):
     from trainer.bert_samples import BertSampleBuilder
 
-    return BertSampleBuilder(tokenizer=tok, max_seq_len=cfg.model.max_seq_len, masking=cfg.masking)
+    return BertSampleBuilder(
+        tokenizer=tok,
+        max_seq_len=cfg.model.max_seq_len,
+        masking=cfg.masking,
+        ship_bases=cfg.model.embedding == "fused",
+    )
 
 
 FAMILIES = {

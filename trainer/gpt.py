@@ -34,6 +34,10 @@ class GPTConfig(Config):
     attention: Literal["auto", "torch", "triton"] = "auto"
     """kernels.fused_attention implementation: 'auto' chooses per device (Triton on CUDA), 'torch' forces
     PyTorch SDPA, 'triton' requires the Triton kernel."""
+    embedding: Literal["ids", "fused"] = "ids"
+    """Pretraining input path. 'ids': the loader ships token ids, embedded with F.embedding. 'fused': the
+    loader ships raw bases (1 byte per base) and ``kernels.kmer_embedding`` cuts the k-mers and gathers
+    their rows in one op (Triton on CUDA, torch reference on CPU); the model sees the same ids either way."""
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
@@ -122,17 +126,23 @@ class DNAGPT(nn.Module):
         input_ids: torch.Tensor,
         num_values: torch.Tensor | None = None,
         num_in_mask: torch.Tensor | None = None,
+        *,
+        token_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) -> final hidden states (B, T, D).
 
         ``num_values`` (B, T) float and ``num_in_mask`` (B, T) bool: where the mask is True, the
-        number embedding of the value is added to that slot's token embedding.
+        number embedding of the value is added to that slot's token embedding. ``token_embeds``
+        (B, T, D): the rows of ``wte`` for ``input_ids`` when the caller already gathered them (the
+        fused k-mer embedding, ``trainer.fused``).
         """
         b, t = input_ids.shape
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
         pos = torch.arange(t, device=input_ids.device)
-        x = kernels.token_embedding(input_ids, self.wte.weight) + self.wpe(pos)  # (B, T, D)
+        if token_embeds is None:
+            token_embeds = kernels.token_embedding(input_ids, self.wte.weight)
+        x = token_embeds + self.wpe(pos)  # (B, T, D)
         if num_in_mask is not None and num_values is not None:
             emb = self.num_embed(num_values.unsqueeze(-1).to(x.dtype))  # (B, T, D), cheap: 2 small matmuls
             x = x + emb * num_in_mask.unsqueeze(-1).to(x.dtype)

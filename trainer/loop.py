@@ -110,7 +110,7 @@ class StepLoop:
             for k in self.metric_keys:
                 w[k] += out[k].detach().float()
             w["tokens"] += int(batch["num_tokens"])
-            w["samples"] += batch["input_ids"].shape[0]
+            w["samples"] += batch["input_ids" if "input_ids" in batch else "bases"].shape[0]
             w["micro"] += 1
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:

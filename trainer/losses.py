@@ -5,16 +5,39 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from datapipe.tokenizers import get_tokenizer
+from trainer.fused import embed_bases
 from trainer.gpt import DNAGPT
 from trainer.samples import IGNORE, gpt_targets
 
 GC_LOSS_WEIGHT = 0.01
 
 
-def dnagpt_pretrain_loss(model: DNAGPT, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Returns {'loss', 'loss_lm', 'loss_order', 'loss_gc', 'order_acc'}; 'loss' carries the gradient."""
+def _token_inputs(
+    batch: dict[str, torch.Tensor], embedding: str, weight: torch.Tensor, tokenizer: str | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """-> (input_ids (B, T), their embeddings (B, T, D) or None to let the model gather them)."""
+    if embedding == "fused":
+        if tokenizer is None:
+            raise ValueError("model.embedding is 'fused': the training module needs the tokenizer name")
+        embeds, ids = embed_bases(batch, weight, tokenizer)
+        return ids, embeds
+    if "input_ids" not in batch:
+        raise ValueError(
+            "the batch holds bases (a fused-path loader) but model.embedding is 'ids': use one config for both"
+        )
+    return batch["input_ids"], None
+
+
+def dnagpt_pretrain_loss(
+    model: DNAGPT, batch: dict[str, torch.Tensor], tokenizer: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Returns {'loss', 'loss_lm', 'loss_order', 'loss_gc', 'order_acc'}; 'loss' carries the gradient.
+    ``tokenizer``: needed when ``model.cfg.embedding == 'fused'`` (the batch then holds bases)."""
+    ids, embeds = _token_inputs(batch, model.cfg.embedding, model.wte.weight, tokenizer)
+    batch = {**batch, "input_ids": ids}
     batch = {**batch, **gpt_targets(batch)}  # the loader ships ids + lengths; targets are built here
-    hidden = model(batch["input_ids"])  # (B, T, D)
+    hidden = model(ids, token_embeds=embeds)  # (B, T, D)
     lm_mask = batch["lm_targets"] != IGNORE
     # Project only the positions that carry a target: the (B, T, V) logits tensor is the largest
     # activation of a small model (V = 15-20k), so skip it for template and padding positions.
@@ -41,23 +64,30 @@ class DNAGPTForPretraining(torch.nn.Module):
     """What the DeepSpeed engine wraps: forward(batch) -> loss dict, so the whole loss runs inside
     the engine's forward (ZeRO-3 gathers parameters per forward call)."""
 
-    def __init__(self, gpt: DNAGPT):
+    def __init__(self, gpt: DNAGPT, tokenizer: str | None = None):
         super().__init__()
         self.gpt = gpt
+        self.tokenizer = tokenizer
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return dnagpt_pretrain_loss(self.gpt, batch)
+        return dnagpt_pretrain_loss(self.gpt, batch, self.tokenizer)
 
 
 class DNABERTForPretraining(torch.nn.Module):
     """forward(batch) -> {'loss', 'mlm_acc', 'mask_rate'}: masked-LM cross-entropy over the masked positions."""
 
-    def __init__(self, bert):
+    def __init__(self, bert, tokenizer: str | None = None):
         super().__init__()
         self.bert = bert
+        self.tokenizer = tokenizer
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        hidden = self.bert(batch["input_ids"], batch["attention_mask"])  # (B, T, D)
+        ids, embeds = _token_inputs(batch, self.bert.cfg.embedding, self.bert.word.weight, self.tokenizer)
+        if embeds is None:
+            keep = batch["attention_mask"]
+        else:  # the fused batch ships no mask: rows hold no [PAD] before their end
+            keep = ids != get_tokenizer(self.tokenizer).pad_id
+        hidden = self.bert(ids, keep, token_embeds=embeds)  # (B, T, D)
         target = batch["mlm_labels"] != IGNORE
         # Only masked positions reach the vocabulary projection (~15% of tokens).
         logits = self.bert.mlm_logits(hidden[target]).float()  # (N_masked, V)

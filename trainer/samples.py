@@ -29,6 +29,7 @@ import torch
 
 from datapipe.shards import Sample
 from datapipe.tokenizers import Tokenizer
+from trainer.fused import pack_bases
 
 IGNORE = -100  # torch cross_entropy's ignore_index
 TEMPLATE_TOKENS = 4
@@ -41,6 +42,8 @@ class GptSampleBuilder:
     tokenizer: Tokenizer
     max_seq_len: int
     reverse_prob: float = 0.5
+    ship_bases: bool = False
+    """Ship bases and the template tokens beside them (``trainer.fused``) instead of input_ids."""
 
     def __post_init__(self) -> None:
         tok = self.tokenizer
@@ -49,14 +52,17 @@ class GptSampleBuilder:
         self.slot = tok.token_to_id("<M>")
         self.answer = (tok.token_to_id("<0>"), tok.token_to_id("<1>"))
 
-    def encode(self, sample: Sample, reverse: bool) -> np.ndarray:
-        kmers = sample.ids.astype(np.int64)
-        if len(kmers) + TEMPLATE_TOKENS > self.max_seq_len:
+    def _check_length(self, sample: Sample) -> None:
+        if len(sample.ids) + TEMPLATE_TOKENS > self.max_seq_len:
             raise ValueError(
-                f"sample {sample.key} has {len(kmers)} k-mer tokens; with the {TEMPLATE_TOKENS} template tokens "
-                f"it exceeds max_seq_len={self.max_seq_len}: prepare with --window-tokens "
+                f"sample {sample.key} has {len(sample.ids)} k-mer tokens; with the {TEMPLATE_TOKENS} template "
+                f"tokens it exceeds max_seq_len={self.max_seq_len}: prepare with --window-tokens "
                 f"{self.max_seq_len - TEMPLATE_TOKENS} or less"
             )
+
+    def encode(self, sample: Sample, reverse: bool) -> np.ndarray:
+        self._check_length(sample)
+        kmers = sample.ids.astype(np.int64)
         if reverse:
             kmers = kmers[::-1]
         species = self.tokenizer.token_to_id(f"<{sample.meta['token']}>")
@@ -70,6 +76,8 @@ class GptSampleBuilder:
         would quadruple the bytes on the wire, which bounds the loader's throughput).
         """
         reverse = rng.random(len(samples)) < self.reverse_prob
+        if self.ship_bases:
+            return self._bases_batch(samples, reverse)
         seqs = [self.encode(s, bool(r)) for s, r in zip(samples, reverse, strict=True)]
         b, t = len(seqs), max(len(s) for s in seqs)
         input_ids = np.full((b, t), self.pad, dtype=np.int64)
@@ -80,6 +88,28 @@ class GptSampleBuilder:
             "n_kmers": torch.tensor([len(s) - TEMPLATE_TOKENS for s in seqs], dtype=torch.int64),
             "gc": torch.tensor([float(s.meta["gc"]) for s in samples], dtype=torch.float32),
             "num_tokens": torch.tensor(int(sum(len(s) for s in seqs))),
+        }
+
+    def _bases_batch(self, samples: list[Sample], reverse: np.ndarray) -> dict[str, torch.Tensor]:
+        """The same batch in the fused layout: bases (B, L) uint8, num_bases, reverse, prefix_ids (B, 1)
+        = <sp>, suffix_ids (B, 3) = <=> <0|1> <M>, plus n_kmers, gc, num_tokens as above."""
+        for s in samples:
+            self._check_length(s)
+        bases, num_bases = pack_bases([self.tokenizer.to_bases(s.ids) for s in samples])
+        species = [self.tokenizer.token_to_id(f"<{s.meta['token']}>") for s in samples]
+        answer = np.asarray(self.answer)[reverse.astype(np.int64)]
+        n_kmers = [len(s.ids) for s in samples]
+        return {
+            "bases": bases,
+            "num_bases": num_bases,
+            "reverse": torch.from_numpy(reverse),
+            "prefix_ids": torch.tensor(species, dtype=torch.int64)[:, None],
+            "suffix_ids": torch.from_numpy(
+                np.stack([np.full(len(samples), self.ask), answer, np.full(len(samples), self.slot)], 1)
+            ).long(),
+            "n_kmers": torch.tensor(n_kmers, dtype=torch.int64),
+            "gc": torch.tensor([float(s.meta["gc"]) for s in samples], dtype=torch.float32),
+            "num_tokens": torch.tensor(int(sum(n_kmers)) + TEMPLATE_TOKENS * len(samples)),
         }
 
 

@@ -1,0 +1,61 @@
+"""The fused input path of pretraining (``model.embedding = "fused"``): raw bases in, embeddings out.
+
+The loader's batch builders ship, instead of ``input_ids``, the bases of each sample and the reserved
+tokens around them, in the sample layout of ``kernels.kmer_embedding`` (its module docstring)::
+
+    bases       (B, L) uint8     each row's bases, left-aligned; bytes past num_bases are ignored
+    num_bases   (B,)   int64     bases of each row
+    reverse     (B,)   bool      DNAGPT order task: the row's k-mers are embedded last first
+    prefix_ids  (B, P) int64     DNAGPT: <species>; DNABERT: [CLS]
+    suffix_ids  (B, S) int64     DNAGPT: <=> <0|1> <M>; DNABERT: [SEP]
+    replace_ids (B, T) int64     DNABERT: [MASK] / random k-mer at masked positions, -1 elsewhere
+
+The op returns the embeddings and the ids it embedded, which equal the id path's ``input_ids`` exactly
+(the targets are then built from them as before), so both paths train the same model on the same data.
+Shards hold ids (2 bytes per 6-mer, a third of the bases' size), so the builders turn them back into
+bases with ``Tokenizer.to_bases`` in the loader workers (~1 us per 100 bases).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import kernels
+
+BASES_KEYS = ("bases", "num_bases", "reverse", "prefix_ids", "suffix_ids", "replace_ids")
+
+
+def pack_bases(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample uint8 bases -> (B, L_max) uint8 (zero bytes past each row's end), (B,) int64 lengths."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    out = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return torch.from_numpy(out), torch.from_numpy(lengths)
+
+
+def embed_bases(
+    batch: dict[str, torch.Tensor], weight: torch.Tensor, tokenizer: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (token embeddings (B, T, D), the ids embedded (B, T) int64) for a fused-path batch.
+
+    The backward is deterministic (sorted, two-pass) when torch's deterministic mode is on, as
+    ``F.embedding``'s is; otherwise the Triton kernel accumulates with atomic adds."""
+    if "bases" not in batch:
+        raise ValueError(
+            "model.embedding is 'fused' but the batch holds token ids, not bases: build the loader with "
+            "the same config (trainer.families picks the batch builder from model.embedding)"
+        )
+    return kernels.kmer_embedding(
+        batch["bases"],
+        weight,
+        tokenizer=tokenizer,
+        num_bases=batch["num_bases"],
+        reverse=batch.get("reverse"),
+        prefix_ids=batch.get("prefix_ids"),
+        suffix_ids=batch.get("suffix_ids"),
+        replace_ids=batch.get("replace_ids"),
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+        return_ids=True,
+    )
