@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 from datapipe.fasta import read_fasta
@@ -49,3 +50,14 @@ def tiny_gpt_args(*, num_workers: int) -> list[str]:
 def curve(run: Path) -> list[float]:
     """The loss curve a run wrote to metrics.jsonl."""
     return [json.loads(line)["train/loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def run_cut_at(src: Path, out: Path, step: int) -> Path:
+    """``out`` as if run ``src`` had stopped after checkpoint ``step``: that checkpoint as the latest, and the
+    first ``step`` lines of its loss curve (what a resumed run appends to)."""
+    tag = f"step{step:07d}"
+    shutil.copytree(src / "checkpoints" / tag, out / "checkpoints" / tag)
+    (out / "checkpoints" / "latest").write_text(tag)
+    lines = (src / "metrics.jsonl").read_text().splitlines()[:step]
+    (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    return out

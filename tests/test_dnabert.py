@@ -167,9 +167,8 @@ def test_hugging_face_round_trip(tmp_path, fmt):
 def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
     """tiny-dnabert on 2 CPU ranks (torchrun, ZeRO-1); resuming from the step-3 checkpoint reproduces steps 4-6."""
     import json
-    import shutil
 
-    from tests.helpers import chr20_shards, curve
+    from tests.helpers import chr20_shards, curve, run_cut_at
     from tests.test_pretrain_dist import torchrun
 
     data = chr20_shards(tmp_path / "data", bases=150_000, window_tokens=100, tokenizer="dnabert-6")
@@ -194,13 +193,7 @@ def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
     metrics = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert {"train/mlm_acc", "train/mask_rate"} <= set(metrics[0])
     assert all(0.08 < m["train/mask_rate"] < 0.22 for m in metrics)
-    part = tmp_path / "part"
-    (part / "checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "checkpoints" / "step0000003", part / "checkpoints" / "step0000003")
-    (part / "checkpoints" / "latest").write_text("step0000003")
-    (part / "metrics.jsonl").write_text(
-        "".join(line + "\n" for line in (full / "metrics.jsonl").read_text().splitlines()[:3])
-    )
+    part = run_cut_at(full, tmp_path / "part", 3)
     proc = torchrun(2, *args, "--out", str(part), "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert curve(part) == curve(full)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, user_env
-from tests.helpers import chr20_shards, curve, tiny_gpt_args
+from tests.helpers import chr20_shards, curve, run_cut_at, tiny_gpt_args
 
 pytestmark = pytest.mark.slow
 COMMON = tiny_gpt_args(num_workers=1)
@@ -129,15 +129,7 @@ def test_kill_9_of_one_rank_then_resume_reproduces_the_curve(data, zero_runs, tm
 def test_resume_on_one_rank_from_a_two_rank_checkpoint(data, zero_runs, tmp_path):
     """2 -> 1 ranks through DeepSpeed's universal checkpoint. With 2 micro-batches per step on one rank, a step
     sees the same 8 samples as a 2-rank step, so the curve continues within float tolerance."""
-    out = tmp_path / "run"
-    src = zero_runs[1]
-    (out / "checkpoints").mkdir(parents=True)
-    subprocess.run(
-        ["cp", "-r", str(src / "checkpoints" / "step0000004"), str(out / "checkpoints")], check=True
-    )
-    (out / "checkpoints" / "latest").write_text("step0000004")
-    lines = (src / "metrics.jsonl").read_text().splitlines()[:4]
-    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    out = run_cut_at(zero_runs[1], tmp_path / "run", 4)
     proc = torchrun(
         1,
         *COMMON,
@@ -158,7 +150,7 @@ def test_resume_on_one_rank_from_a_two_rank_checkpoint(data, zero_runs, tmp_path
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "world size 2 -> 1" in proc.stderr
     assert (out / "checkpoints" / "step0000004_universal" / "COMPLETE").exists()
-    np.testing.assert_allclose(curve(out), curve(src), rtol=2e-4)
+    np.testing.assert_allclose(curve(out), curve(zero_runs[1]), rtol=2e-4)
 
 
 def test_nan_guard_skips_then_stops_with_a_checkpoint(data, tmp_path):

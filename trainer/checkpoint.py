@@ -105,8 +105,7 @@ def universal_tag_for(ckpt_dir: Path, tag: str) -> str:
             raise RuntimeError(
                 f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
             )
-        for name in (STATE_FILE,):
-            shutil.copy(ckpt_dir / tag / name, tmp / name)
+        shutil.copy(ckpt_dir / tag / STATE_FILE, tmp / STATE_FILE)  # our state travels with the weights
         (tmp / COMPLETE).write_text("")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
