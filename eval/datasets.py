@@ -17,17 +17,43 @@ REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 class LabelledSet:
     name: str
     sequences: list[str]
-    labels: np.ndarray  # (N,) int64 class ids
+    labels: np.ndarray  # (N,) int64 class ids 0..C-1
+    classes: tuple[str, ...] | None = None
+    """Class names by class id (e.g. ('non-splice', 'donor', 'acceptor')); None: the ids are the names."""
 
     def __post_init__(self) -> None:
         if len(self.sequences) != len(self.labels):
             raise ValueError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
         if len(self.sequences) == 0:
             raise ValueError(f"{self.name}: no sequences")
+        if self.classes is not None:
+            self.classes = tuple(self.classes)
+            if int(self.labels.max()) >= len(self.classes) or int(self.labels.min()) < 0:
+                raise ValueError(
+                    f"{self.name}: labels {int(self.labels.min())}..{int(self.labels.max())} but "
+                    f"{len(self.classes)} class names {list(self.classes)}"
+                )
+
+    @property
+    def num_classes(self) -> int:
+        """C: len(classes) when named, else max(label) + 1. A classifier needs C >= 2 (a builder's
+        positives-only table is a LabelledSet too, so this is checked here, not on construction)."""
+        n = len(self.classes) if self.classes is not None else int(self.labels.max()) + 1
+        if n < 2:
+            raise ValueError(f"{self.name}: {n} class; classification needs at least 2 classes")
+        return n
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Names by class id, for reports and plots: ``classes``, else '0', '1', ..."""
+        return self.classes if self.classes is not None else tuple(str(i) for i in range(self.num_classes))
 
 
 def read_table(path: str | Path) -> LabelledSet:
-    """A user's own set: CSV or TSV (by extension, .gz allowed) with columns ``sequence`` and ``label``."""
+    """A user's own set: CSV or TSV (by extension, .gz allowed) with columns ``sequence`` and ``label``.
+
+    Labels are names or integers, 2 or more distinct values; class ids follow the sorted names, integers
+    first in numeric order ('0' < '1' < '2' < '10' < 'neg' < 'pos'), and ``classes`` keeps the names."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     delim = "\t" if ".tsv" in path.suffixes else ","
@@ -43,13 +69,22 @@ def read_table(path: str | Path) -> LabelledSet:
             seq = (row["sequence"] or "").strip().upper().replace(" ", "")
             if not seq or set(seq) - set("ACGTN"):
                 raise ValueError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
+            label = (row["label"] or "").strip()
+            if not label:
+                raise ValueError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
             seqs.append(seq)
-            raw_labels.append((row["label"] or "").strip())
+            raw_labels.append(label)
+    if not seqs:
+        raise ValueError(f"{path}: no rows after the header")
     classes = sorted(set(raw_labels), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
-    if len(classes) != 2:
-        raise ValueError(f"{path}: labels {classes[:5]}: binary classification needs exactly 2 classes")
+    if len(classes) < 2:
+        raise ValueError(
+            f"{path}: every row has label {classes[0]!r}; classification needs at least "
+            "2 classes in the 'label' column"
+        )
     index = {c: i for i, c in enumerate(classes)}
-    return LabelledSet(name=path.name, sequences=seqs, labels=np.asarray([index[x] for x in raw_labels]))
+    labels = np.asarray([index[x] for x in raw_labels], dtype=np.int64)
+    return LabelledSet(name=path.name, sequences=seqs, labels=labels, classes=tuple(classes))
 
 
 @dataclass(kw_only=True)

@@ -1,5 +1,5 @@
-"""Fine-tune (or linearly probe) a pretrained DNAGPT or DNABERT on a binary classification set, on the
-DeepSpeed engine of pretraining. The heads are in ``eval/heads.py``. Early stopping keeps the weights of the
+"""Fine-tune (or linearly probe) a pretrained DNAGPT or DNABERT on a C-class classification set (C >= 2), on
+the DeepSpeed engine of pretraining. The heads are in ``eval/heads.py``. Early stopping keeps the weights of the
 best validation epoch (by MCC)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datapipe.logs import progress
 from datapipe.tokenizers import Tokenizer
 from datapipe.tracking import Tracker
 from eval.heads import build_classifier, encode_inputs
-from eval.metrics import binary_metrics
+from eval.metrics import classification_metrics
 from trainer.config import OptimConfig, TrainConfig
 from trainer.engine import DistInfo, build_engine
 
@@ -51,7 +51,7 @@ class FinetuneConfig(Config):
 def predict(
     model: torch.nn.Module, ids: np.ndarray, ask: np.ndarray, *, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """P(class 1) for every row, in batches."""
+    """(N, C) class probabilities (softmax of the head's logits) for every row, in batches."""
     model.eval()
     out = []
     for lo in range(0, len(ids), batch_size):
@@ -59,7 +59,7 @@ def predict(
             torch.from_numpy(ids[lo : lo + batch_size]).to(device),
             torch.from_numpy(ask[lo : lo + batch_size]).to(device),
         )
-        out.append(torch.softmax(logits, -1)[:, 1].cpu().numpy())
+        out.append(torch.softmax(logits, -1).cpu().numpy())  # (B, C)
     return np.concatenate(out)
 
 
@@ -75,7 +75,8 @@ def finetune(
     dist_info: DistInfo,
     tracker: Tracker,
 ) -> tuple[np.ndarray, dict]:
-    """Train on parts.train, early-stop on parts.val; return (P(class 1) on parts.test, history)."""
+    """Train on parts.train, early-stop on parts.val (MCC, multi-class when C > 2); return ((N_test, C)
+    class probabilities on parts.test, history)."""
     torch.manual_seed(cfg.seed)
     ids, ask = encode_inputs(
         family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len, crop=cfg.crop
@@ -84,7 +85,7 @@ def finetune(
     if cfg.max_train_samples:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_train_samples]
     steps_per_epoch = -(-len(train_idx) // cfg.micro_batch_size)
-    model = build_classifier(family, model, tok, probe=cfg.mode == "probe")
+    model = build_classifier(family, model, tok, num_classes=data.num_classes, probe=cfg.mode == "probe")
     optim = OptimConfig(lr=cfg.lr, warmup_steps=max(steps_per_epoch // 10, 1), min_lr_ratio=0.0)
     train = TrainConfig(steps=steps_per_epoch * cfg.epochs, zero_stage=0, seed=cfg.seed)
     engine, _ = build_engine(model, train, optim, micro_batch_size=cfg.micro_batch_size, dist_info=dist_info)
@@ -109,7 +110,7 @@ def finetune(
             step += 1
             if step % 20 == 0:
                 tracker.log_metrics({"finetune/loss": float(loss.detach())}, step=step)
-        val = binary_metrics(
+        val = classification_metrics(
             y[parts.val],
             predict(engine.module, ids[parts.val], ask[parts.val], batch_size=64, device=dist_info.device),
             n_boot=0,

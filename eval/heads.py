@@ -1,29 +1,43 @@
 """Classifiers built on a pretrained model, one per family, each with a fine-tune and a probe variant.
 
-Every classifier maps (input_ids (B, T), position (B,)) -> (B, 2) logits; ``position`` is the index the
-head reads (the ``<=>`` slot for DNAGPT, 0 = [CLS] for DNABERT), and padding is ``pad_id``.
+Every classifier maps (input_ids (B, T), position (B,)) -> (B, C) logits for C classes; ``position`` is the
+index the head reads (the ``<=>`` slot for DNAGPT, 0 = [CLS] for DNABERT), and padding is ``pad_id``.
 
 - DNAGPT, fine-tune: the released models' prompt, ``<sp> + k-mers + <=>``, answer read at ``<=>`` as the
-  logits of the tokens ``<0>`` / ``<1>`` through the (tied) LM head: no new parameters.
-- DNAGPT, probe: the encoder is frozen; a new linear layer reads the hidden state at ``<=>``.
+  logits of the tokens ``<0>`` .. ``<C-1>`` through the (tied) LM head: no new parameters. The vocabulary
+  has ``<0>``..``<9>``, so this works for up to 10 classes.
+- DNAGPT, probe: the encoder is frozen; a new Linear(d_model, C) reads the hidden state at ``<=>`` (any C).
 - DNABERT: ``[CLS] + k-mers + [SEP]``; the model's pooler + classifier read [CLS]; probe freezes the encoder
-  and trains only those two layers.
+  and trains only those two layers. A checkpoint whose classifier has another number of labels than C
+  (pretraining exports have 2) gets a fresh Linear(d, C) in its place.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 
 from datapipe.tokenizers import Tokenizer
 
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CLASSES = 10  # DNAGPT's reserved answer tokens <0>..<9>
+
 
 class GptPromptClassifier(torch.nn.Module):
-    def __init__(self, gpt, answer_ids: tuple[int, int], *, probe: bool):
+    """``answer_ids``: the C answer tokens read through the LM head (fine-tune); None: probe, a new
+    Linear(d_model, C) on the frozen encoder."""
+
+    def __init__(self, gpt, num_classes: int, *, answer_ids: tuple[int, ...] | None):
         super().__init__()
         self.gpt = gpt
-        self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)
-        self.probe = torch.nn.Linear(gpt.cfg.d_model, 2) if probe else None
+        probe = answer_ids is None
+        if not probe:
+            assert len(answer_ids) == num_classes
+            self.register_buffer("answer_ids", torch.tensor(answer_ids), persistent=False)  # (C,)
+        self.probe = torch.nn.Linear(gpt.cfg.d_model, num_classes) if probe else None
         if probe:
             gpt.requires_grad_(False)
 
@@ -35,12 +49,21 @@ class GptPromptClassifier(torch.nn.Module):
         at = hidden[torch.arange(len(position), device=hidden.device), position]  # (B, D)
         if self.probe is not None:
             return self.probe(at).float()
-        return self.gpt.lm_logits(at)[:, self.answer_ids].float()
+        return self.gpt.lm_logits(at)[:, self.answer_ids].float()  # (B, V) -> (B, C)
 
 
 class BertClsClassifier(torch.nn.Module):
-    def __init__(self, bert, pad_id: int, *, probe: bool):
+    def __init__(self, bert, pad_id: int, *, num_classes: int, probe: bool):
         super().__init__()
+        if bert.classifier.out_features != num_classes:
+            log.info(
+                "DNABERT classifier has %d labels, the task %d: a new Linear(%d, %d) replaces it",
+                bert.classifier.out_features,
+                num_classes,
+                bert.classifier.in_features,
+                num_classes,
+            )
+            bert.classifier = torch.nn.Linear(bert.classifier.in_features, num_classes)
         self.bert = bert
         self.pad_id = pad_id
         self.frozen = probe
@@ -52,13 +75,24 @@ class BertClsClassifier(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
             hidden = self.bert(input_ids, input_ids != self.pad_id)
-        return self.bert.classify(hidden).float()  # [CLS] at position 0
+        return self.bert.classify(hidden).float()  # (B, C) from [CLS] at position 0
 
 
-def build_classifier(family: str, model, tok: Tokenizer, *, probe: bool) -> torch.nn.Module:
+def build_classifier(
+    family: str, model, tok: Tokenizer, *, num_classes: int = 2, probe: bool
+) -> torch.nn.Module:
+    """A (B, C) classifier over ``model`` for ``num_classes`` = C >= 2 classes."""
+    if num_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     if family == "dnagpt":
-        return GptPromptClassifier(model, (tok.token_to_id("<0>"), tok.token_to_id("<1>")), probe=probe)
-    return BertClsClassifier(model, tok.pad_id, probe=probe)
+        if num_classes > MAX_PROMPT_CLASSES and not probe:
+            raise ValueError(
+                f"{num_classes} classes: the DNAGPT prompt answers with the tokens <0>..<9>, so at most "
+                f"{MAX_PROMPT_CLASSES} classes; use --set finetune.mode=probe (a new linear head) for more"
+            )
+        answers = None if probe else tuple(tok.token_to_id(f"<{c}>") for c in range(num_classes))
+        return GptPromptClassifier(model, num_classes, answer_ids=answers)
+    return BertClsClassifier(model, tok.pad_id, num_classes=num_classes, probe=probe)
 
 
 def center_crop(sequences: list[str], family: str, k: int, max_len: int) -> list[str]:

@@ -10,14 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datapipe.config import Config
+from datapipe.config import Config, check
 from datapipe.tracking import PARENT_ENV, default_tracking_uri, start_tracker
 from eval.baseline import kmer_baseline
-from eval.datasets import LabelledSet, read_table, split
+from eval.datasets import LabelledSet, split
 from eval.finetune import FinetuneConfig, finetune
-from eval.metrics import METRICS, binary_metrics
+from eval.metrics import METRICS, averaging, classification_metrics
 from eval.plots import plot_task
-from eval.tasks import load_task
+from eval.tasks import Task, load_task
+from eval.user_tasks import UserTaskConfig, build_user_task, read_user_data
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 @dataclass(kw_only=True)
 class EvalConfig(Config):
     tasks: tuple[str, ...] = ("pas-human",)
+    """Registry tasks (eval/tasks.py); empty when the examples come from user_task."""
+    user_task: UserTaskConfig = field(default_factory=UserTaskConfig)
+    """A user's own labelled file (user_task.data) or a task built from their genome + annotation."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     split_seed: int = 0
     experiment: str = "dnafm-eval"
@@ -32,15 +36,52 @@ class EvalConfig(Config):
     """Copy of the public data collection (shared/data layout) for the non-shipped tasks; see eval/tasks.py."""
     tracking: bool = True
 
+    def __post_init__(self) -> None:
+        sources = [bool(self.tasks), self.user_task.data is not None, self.user_task.build is not None]
+        check(
+            sum(sources) == 1,
+            "tasks",
+            "give exactly one source of examples: --tasks, --data or --build (user_task.data / .build); "
+            "with --set user_task.data/build, also --set tasks= to drop the default task",
+        )
 
-def run_eval(
-    cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, data_file: Path | None = None
-) -> list[dict[str, Any]]:
+
+@dataclass(kw_only=True)
+class Job:
+    """One set to evaluate: a registry task, or the user's (task None)."""
+
+    data: LabelledSet
+    species_token: str
+    task: Task | None
+    source: str
+
+
+def load_jobs(cfg: EvalConfig) -> list[Job]:
+    """Every set the config names, read or built before any output is written (bad input fails first)."""
+    user = cfg.user_task
+    if user.data is not None or user.build is not None:
+        if user.data is not None:
+            data = read_user_data(user.data)
+        else:
+            data = build_user_task(
+                user.build, user.genome, user.annotation, chrom=user.chrom, max_examples=user.max_examples
+            )
+        return [Job(data=data, species_token=user.species_token, task=None, source=user.describe())]
+    root = Path(cfg.data_root) if cfg.data_root else None
+    jobs = []
+    for name in cfg.tasks:
+        task, data = load_task(name, root)
+        jobs.append(Job(data=data, species_token=task.species_token, task=task, source=task.description))
+    return jobs
+
+
+def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[str, Any]]:
     import os
 
     from trainer.checkpoint import load_export
     from trainer.engine import init_distributed
 
+    jobs = load_jobs(cfg)
     dist_info = init_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out_dir / "eval_config.json")
@@ -50,9 +91,8 @@ def run_eval(
     )
     parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint)})
     rows = []
-    root = Path(cfg.data_root) if cfg.data_root else None
-    jobs = [(None, read_table(data_file))] if data_file else [load_task(t, root) for t in cfg.tasks]
-    for task, data in jobs:
+    for job in jobs:
+        data = job.data
         t0 = time.perf_counter()
         model, pre_cfg, tok = load_export(checkpoint)  # fresh weights for every task
         child = start_tracker(
@@ -63,9 +103,14 @@ def run_eval(
             parent_run_id=parent.run_id or os.environ.get(PARENT_ENV),
         )
         parts = split(data, seed=cfg.split_seed)
+        n_classes = data.num_classes
         child.log_params(
             {
                 "task": data.name,
+                "source": job.source,
+                "n_classes": n_classes,
+                "averaging": averaging(n_classes),
+                "species_token": job.species_token,
                 "n_train": len(parts.train),
                 "n_val": len(parts.val),
                 "n_test": len(parts.test),
@@ -80,13 +125,14 @@ def run_eval(
             cfg.finetune,
             data=data,
             parts=parts,
-            species_token=task.species_token if task else "R",
+            species_token=job.species_token,
             dist_info=dist_info,
             tracker=child,
         )
-        ours = binary_metrics(data.labels[parts.test], prob, seed=cfg.split_seed)
+        y_test = data.labels[parts.test]
+        ours = classification_metrics(y_test, prob, seed=cfg.split_seed)  # prob: (N_test, C)
         base_prob = _baseline(data, parts, cfg.split_seed)
-        base = binary_metrics(data.labels[parts.test], base_prob, seed=cfg.split_seed)
+        base = classification_metrics(y_test, base_prob, seed=cfg.split_seed)
         child.log_metrics(
             {
                 **{f"test/{k}": v["value"] for k, v in ours.items()},
@@ -94,10 +140,11 @@ def run_eval(
             },
             step=0,
         )
-        for png in plot_task(data.labels[parts.test], prob, base_prob, out_dir / f"{data.name}"):
+        pngs = plot_task(y_test, prob, base_prob, out_dir / f"{data.name}", class_names=data.class_names)
+        for png in pngs:
             child.log_artifact(png, "plots")
         child.finish()
-        row = _row(data.name, ours, base, task, parts.hashes, time.perf_counter() - t0)
+        row = _row(data, ours, base, job, parts.hashes, time.perf_counter() - t0)
         row["n_test"] = len(parts.test)
         rows.append(row)
         (out_dir / f"{data.name}.json").write_text(
@@ -113,13 +160,18 @@ def run_eval(
 def _baseline(data: LabelledSet, parts, seed: int):
     train = [data.sequences[i] for i in parts.train]
     test = [data.sequences[i] for i in parts.test]
-    return kmer_baseline(train, data.labels[parts.train], test, seed=seed)
+    return kmer_baseline(train, data.labels[parts.train], test, num_classes=data.num_classes, seed=seed)
 
 
-def _row(name: str, ours: dict, base: dict, task, hashes: dict, seconds: float) -> dict[str, Any]:
+def _row(data: LabelledSet, ours: dict, base: dict, job: Job, hashes: dict, seconds: float) -> dict[str, Any]:
+    task = job.task
     row: dict[str, Any] = {
-        "task": name,
+        "task": data.name,
+        "source": job.source,
         "n_test": None,
+        "n_classes": data.num_classes,
+        "classes": list(data.class_names),
+        "averaging": averaging(data.num_classes),
         "test_sha256": hashes["test"][:12],
         "seconds": round(seconds, 1),
     }
@@ -133,9 +185,10 @@ def _row(name: str, ours: dict, base: dict, task, hashes: dict, seconds: float) 
 
 
 def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """summary.md and summary.csv: ours [95% CI], the k-mer baseline and the published figure, metric named."""
+    """summary.md and summary.csv: ours [95% CI], the k-mer baseline and the published figure, metric named;
+    'averaging' says per row whether F1/AUROC are binary or macro over C classes."""
     header = (
-        ["task"]
+        ["task", "classes", "averaging"]
         + [f"{m} (dnafm)" for m in METRICS]
         + [f"{m} (4-mer LR)" for m in METRICS]
         + ["published", "test split sha256"]
@@ -146,7 +199,7 @@ def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path
         ours = [f"{r[m]:.4f} [{r[m + '_ci'][0]:.3f}, {r[m + '_ci'][1]:.3f}]" for m in METRICS]
         base = [f"{r['baseline_' + m]:.4f}" for m in METRICS]
         pub = ", ".join(f"{k} {v}" for k, v in r["published"].items()) or f"none ({r['published_note']})"
-        cells = [r["task"], *ours, *base, pub, r["test_sha256"]]
+        cells = [r["task"], str(r["n_classes"]), r["averaging"], *ours, *base, pub, r["test_sha256"]]
         lines.append("| " + " | ".join(cells) + " |")
         table.append(cells)
     md = out_dir / "summary.md"

@@ -61,3 +61,22 @@ def run_cut_at(src: Path, out: Path, step: int) -> Path:
     lines = (src / "metrics.jsonl").read_text().splitlines()[:step]
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
     return out
+
+
+def untrained_export(recipe: str, out: Path) -> Path:
+    """A freshly initialised model of ``recipe`` in the export layout: for tests of the eval plumbing, where
+    the score is not under test."""
+    from datapipe.tokenizers import get_tokenizer
+    from trainer.checkpoint import export_model
+    from trainer.families import bare_model
+    from trainer.recipes import get_recipe
+
+    cfg = get_recipe(recipe)
+    export_model(
+        bare_model(cfg).state_dict(), out, config=cfg.to_dict(), tokenizer=get_tokenizer(cfg.tokenizer)
+    )
+    return out
+
+
+# `dnafm eval` flags of a quick run: a linear probe, one epoch
+PROBE_ONE_EPOCH = ["--set", "finetune.mode=probe", "--set", "finetune.epochs=1"]

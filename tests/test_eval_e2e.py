@@ -1,30 +1,22 @@
-"""`dnafm eval` on a DNABERT checkpoint (linear probe), with plots and nested MLflow runs."""
+"""`dnafm eval` end to end on tiny untrained checkpoints (linear probe): binary pas-human on DNABERT, 3-class
+splice-human on DNAGPT; with plots and nested MLflow runs."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from datapipe.tokenizers import get_tokenizer
 from tests.conftest import run_cli
-from trainer.checkpoint import export_model
-from trainer.families import bare_model
-from trainer.recipes import get_recipe
+from tests.helpers import PROBE_ONE_EPOCH, untrained_export
 
 pytestmark = pytest.mark.slow
 
 
 def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
-    cfg = get_recipe("tiny-dnabert")
-    # An untrained checkpoint in the export layout: the plumbing is under test here, not the score.
-    export_model(
-        bare_model(cfg).state_dict(),
-        tmp_path / "ckpt",
-        config=cfg.to_dict(),
-        tokenizer=get_tokenizer(cfg.tokenizer),
-    )
+    untrained_export("tiny-dnabert", tmp_path / "ckpt")  # the plumbing is under test, not the score
     out = tmp_path / "eval"
     proc = run_cli(
         "eval",
@@ -34,10 +26,7 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
         str(out),
         "--tasks",
         "pas-human",
-        "--set",
-        "finetune.mode=probe",
-        "--set",
-        "finetune.epochs=1",
+        *PROBE_ONE_EPOCH,
         "--set",
         "finetune.max_train_samples=200",
     )
@@ -57,3 +46,43 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
         "plots/pas-human_confusion.png",
         "plots/pas-human_roc.png",
     }
+
+
+def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
+    from eval.tasks import default_data_root
+
+    if not default_data_root().is_dir():
+        pytest.skip(f"public data collection not at {default_data_root()}")
+    untrained_export("tiny-dnagpt", tmp_path / "ckpt")  # the plumbing is under test, not the score
+    out = tmp_path / "eval"
+    proc = run_cli(
+        "eval",
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(out),
+        "--tasks",
+        "splice-human",
+        *PROBE_ONE_EPOCH,
+        "--set",
+        "finetune.max_train_samples=200",
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    row = json.loads((out / "splice-human.json").read_text())
+    assert row["n_classes"] == 3 and row["classes"] == ["non-splice", "donor", "acceptor"]
+    assert row["averaging"] == "macro over 3 classes; AUROC one-vs-rest" and row["n_test"] == 1500
+    assert 0 <= row["auroc"] <= 1 and row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
+    assert row["published"]["mcc"] == 0.871 and "macro" in row["published_note"]
+    with open(out / "summary.csv") as f:
+        header, cells = list(csv.reader(f))
+    summary = dict(zip(header, cells, strict=True))
+    assert summary["classes"] == "3" and summary["averaging"].startswith("macro over 3 classes")
+    assert summary["mcc (dnafm)"].startswith(f"{row['mcc']:.4f}")
+    for png in ("confusion", "roc"):
+        assert (out / f"splice-human_{png}.png").stat().st_size > 5000
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("dnafm-eval").experiment_id
+    child = {r.info.run_name: r for r in client.search_runs([exp])}["task-splice-human"]
+    assert child.data.params["n_classes"] == "3" and child.data.params["averaging"].startswith("macro")
+    assert child.data.metrics["test/mcc"] == pytest.approx(row["mcc"])
+    assert len(client.list_artifacts(child.info.run_id, "plots")) == 2
