@@ -137,6 +137,15 @@ def _as_ids(ids, vocab_size: int, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _pack_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """1-D uint8 rows -> (B, L_max) uint8, zero bytes after each row's end, and (B,) int64 lengths."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    out = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.uint8)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, lengths
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write to a temporary name, then rename: a crash never leaves a half-written file at ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -189,6 +198,11 @@ class Tokenizer:
         bytes the tokenizer maps to unknown again. Reserved ids other than unknown raise ValueError.
         """
         raise NotImplementedError
+
+    def to_bases_batch(self, rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """Several samples' ids -> (B, L_max) uint8 bases, left-aligned, zero bytes after each row's end,
+        and (B,) int64 base counts; row i equals ``to_bases(rows[i])``."""
+        return _pack_rows([self.to_bases(r) for r in rows])
 
     def token_to_id(self, token: str) -> int:
         try:
@@ -321,15 +335,36 @@ class DnaGptTokenizer(Tokenizer):
             return rows.reshape(-1)
         return rows[np.arange(self.k)[None, :] < n[:, None]]  # row-major: each k-mer's first n bytes
 
+    def to_bases_batch(self, rows: Sequence) -> tuple[np.ndarray, np.ndarray]:
+        """One gather for the whole batch when every k-mer is a full 6-mer (always for ``dnagpt-6mer``,
+        whose unknown id decodes to 6 bytes; all but a row's last token for ``dnagpt-1to6mer``): the ids
+        padded with an extra empty row of the table, then (B, T, 6) -> (B, 6T). Otherwise, row by row."""
+        arrs = [_as_ids(r, self.vocab_size, self.name) for r in rows]
+        bases, lengths = self._id_bases()
+        padded = np.full((len(arrs), max((len(a) for a in arrs), default=0)), self.vocab_size, np.int64)
+        for i, a in enumerate(arrs):
+            padded[i, : len(a)] = a
+        n = lengths[padded]  # (B, T); the padding id has length 0
+        if (
+            not ((n == self.k) | (padded == self.vocab_size)).all()
+            or ((padded < len(self.RESERVED_SYMBOLS)) & (padded != self.unk_id)).any()
+        ):
+            return super().to_bases_batch(arrs)  # a short tail or a reserved id: the checked per-row path
+        # each id's 6 bytes as one 'V6' item: one take of whole items, ~5x faster than indexing (V, 6) rows
+        items = bases.view(f"V{self.k}").ravel()
+        return items.take(padded).view(np.uint8).reshape(len(arrs), -1), n.sum(axis=1)
+
     @functools.cache  # noqa: B019 - tokenizers are cached singletons; the table lives as long
     def _id_bases(self) -> tuple[np.ndarray, np.ndarray]:
-        """(V, 6) uint8 bytes of every id (left-aligned) and (V,) their count; reserved ids -> 6 x '?'."""
-        bases = np.full((self.vocab_size, self.k), ord("?"), np.uint8)
-        lengths = np.full(self.vocab_size, self.k, np.int64)
+        """(V + 1, 6) uint8 bytes of every id (left-aligned) and (V + 1,) their count; reserved ids -> 6 x
+        '?'; row V (not an id) is empty: the padding of ``to_bases_batch``."""
+        bases = np.full((self.vocab_size + 1, self.k), ord("?"), np.uint8)
+        lengths = np.full(self.vocab_size + 1, self.k, np.int64)
         for i in range(len(self.RESERVED_SYMBOLS), self.vocab_size):
             text = self.vocab[i].encode()
             bases[i, : len(text)] = np.frombuffer(text, np.uint8)
             lengths[i] = len(text)
+        bases[self.vocab_size], lengths[self.vocab_size] = 0, 0
         return bases, lengths
 
 

@@ -10,7 +10,6 @@ import torch
 from datapipe.masking import MaskingConfig, apply_replacement, span_mask
 from datapipe.shards import Sample
 from datapipe.tokenizers import Tokenizer
-from trainer.fused import pack_bases
 
 IGNORE = -100
 
@@ -74,7 +73,7 @@ class BertSampleBuilder:
         elsewhere; T = the op's output length), mlm_labels (B, T). The attention mask is not shipped: it
         is ``ids != [PAD]`` of the op's ids (no row holds [PAD] before its end)."""
         tok = self.tokenizer
-        bases, num_bases = pack_bases([tok.to_bases(s.ids) for s in samples])
+        bases, num_bases = (torch.from_numpy(x) for x in tok.to_bases_batch([s.ids for s in samples]))
         b = len(samples)
         t = 2 + max(bases.shape[1] - tok.k + 1, 0)  # the op's T_out: [CLS] + L - k + 1 k-mers + [SEP]
         replace = np.full((b, t), -1, dtype=np.int64)

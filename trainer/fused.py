@@ -13,27 +13,17 @@ tokens around them, in the sample layout of ``kernels.kmer_embedding`` (its modu
 The op returns the embeddings and the ids it embedded, which equal the id path's ``input_ids`` exactly
 (the targets are then built from them as before), so both paths train the same model on the same data.
 Shards hold ids (2 bytes per 6-mer, a third of the bases' size), so the builders turn them back into
-bases with ``Tokenizer.to_bases`` in the loader workers (one gather per sample: measured 21-30 us for a
-3,060-base DNAGPT window and 14 us for a 515-base DNABERT piece on one core of the 2-core dev box).
+bases with ``Tokenizer.to_bases_batch`` in the loader workers (DNAGPT: one gather per micro-batch; DNABERT:
+one per sample, ~14 us for a 515-base piece on one core of the 2-core dev box).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import kernels
 
 BASES_KEYS = ("bases", "num_bases", "reverse", "prefix_ids", "suffix_ids", "replace_ids")
-
-
-def pack_bases(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample uint8 bases -> (B, L_max) uint8 (zero bytes past each row's end), (B,) int64 lengths."""
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    out = np.zeros((len(rows), int(lengths.max(initial=0))), dtype=np.uint8)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return torch.from_numpy(out), torch.from_numpy(lengths)
 
 
 def embed_bases(

@@ -29,7 +29,6 @@ import torch
 
 from datapipe.shards import Sample
 from datapipe.tokenizers import Tokenizer
-from trainer.fused import pack_bases
 
 IGNORE = -100  # torch cross_entropy's ignore_index
 TEMPLATE_TOKENS = 4
@@ -95,7 +94,9 @@ class GptSampleBuilder:
         = <sp>, suffix_ids (B, 3) = <=> <0|1> <M>, plus n_kmers, gc, num_tokens as above."""
         for s in samples:
             self._check_length(s)
-        bases, num_bases = pack_bases([self.tokenizer.to_bases(s.ids) for s in samples])
+        bases, num_bases = (
+            torch.from_numpy(x) for x in self.tokenizer.to_bases_batch([s.ids for s in samples])
+        )
         species = [self.tokenizer.token_to_id(f"<{s.meta['token']}>") for s in samples]
         answer = np.asarray(self.answer)[reverse.astype(np.int64)]
         n_kmers = [len(s.ids) for s in samples]
