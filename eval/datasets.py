@@ -20,12 +20,25 @@ class LabelledSet:
     labels: np.ndarray  # (N,) int64 class ids 0..C-1
     classes: tuple[str, ...] | None = None
     """Class names by class id (e.g. ('non-splice', 'donor', 'acceptor')); None: the ids are the names."""
+    given_split: np.ndarray | None = None
+    """(N,) 'train' / 'val' / 'test' per example when the source fixes the split; None: :func:`split` draws it."""
 
     def __post_init__(self) -> None:
         if len(self.sequences) != len(self.labels):
             raise ValueError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
         if len(self.sequences) == 0:
             raise ValueError(f"{self.name}: no sequences")
+        if self.given_split is not None:
+            self.given_split = np.asarray(self.given_split, dtype=object)
+            have = set(self.given_split.tolist())
+            if len(self.given_split) != len(self.labels) or not have <= set(SPLITS):
+                raise ValueError(f"{self.name}: given_split must hold one of {SPLITS} per example")
+            for part in SPLITS:  # early stopping reads val, the scores test
+                if part not in have:
+                    raise ValueError(
+                        f"{self.name}: the given split has no '{part}' examples; mark some rows {part} "
+                        "(or leave the split out entirely to have one drawn from the seed)"
+                    )
         if self.classes is not None:
             self.classes = tuple(self.classes)
             if int(self.labels.max()) >= len(self.classes) or int(self.labels.min()) < 0:
@@ -49,15 +62,35 @@ class LabelledSet:
         return self.classes if self.classes is not None else tuple(str(i) for i in range(self.num_classes))
 
 
+SPLITS = ("train", "val", "test")
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+}
+
+
+def split_name(text: str) -> str | None:
+    """'train' / 'val' / 'test' for a split written as train/training, val/valid/validation/dev, test (any
+    case); None for anything else."""
+    return _SPLIT_NAMES.get(text.strip().lower())
+
+
 def read_table(path: str | Path) -> LabelledSet:
     """A user's own set: CSV or TSV (by extension, .gz allowed) with columns ``sequence`` and ``label``.
 
     Labels are names or integers, 2 or more distinct values; class ids follow the sorted names, integers
-    first in numeric order ('0' < '1' < '2' < '10' < 'neg' < 'pos'), and ``classes`` keeps the names."""
+    first in numeric order ('0' < '1' < '2' < '10' < 'neg' < 'pos'), and ``classes`` keeps the names.
+    An optional ``split`` column (train / val / test; dev and valid mean val) fixes the split, e.g. a
+    benchmark's published one; every row then needs one."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     delim = "\t" if ".tsv" in path.suffixes else ","
-    seqs, raw_labels = [], []
+    seqs, raw_labels, parts = [], [], []
     with opener(path, "rt", newline="") as f:
         reader = csv.DictReader(f, delimiter=delim)
         if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
@@ -72,6 +105,13 @@ def read_table(path: str | Path) -> LabelledSet:
             label = (row["label"] or "").strip()
             if not label:
                 raise ValueError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
+            if "split" in reader.fieldnames:
+                part = split_name(row["split"] or "")
+                if part is None:
+                    raise ValueError(
+                        f"{path}:{line}: split {row['split']!r}; write train, val (or dev) or test in every row"
+                    )
+                parts.append(part)
             seqs.append(seq)
             raw_labels.append(label)
     if not seqs:
@@ -84,7 +124,10 @@ def read_table(path: str | Path) -> LabelledSet:
         )
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index[x] for x in raw_labels], dtype=np.int64)
-    return LabelledSet(name=path.name, sequences=seqs, labels=labels, classes=tuple(classes))
+    given = np.asarray(parts, dtype=object) if parts else None
+    return LabelledSet(
+        name=path.name, sequences=seqs, labels=labels, classes=tuple(classes), given_split=given
+    )
 
 
 @dataclass(kw_only=True)
@@ -98,17 +141,21 @@ class Split:
 def split(
     data: LabelledSet, *, seed: int, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25)
 ) -> Split:
-    """Stratified split (per class, same fractions) from a seed; sha256 of each part's content."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for label in np.unique(data.labels):
-        idx = rng.permutation(np.flatnonzero(data.labels == label))
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
-        parts["train"].append(idx[:n_train])
-        parts["val"].append(idx[n_train : n_train + n_val])
-        parts["test"].append(idx[n_train + n_val :])
-    out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+    """The set's given split if it has one, else a stratified split (per class, same fractions) from a
+    seed; sha256 of each part's content."""
+    if data.given_split is not None:
+        out = {k: np.flatnonzero(data.given_split == k) for k in SPLITS}
+    else:
+        rng = np.random.default_rng(seed)
+        parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+        for label in np.unique(data.labels):
+            idx = rng.permutation(np.flatnonzero(data.labels == label))
+            n_train = int(round(fractions[0] * len(idx)))
+            n_val = int(round(fractions[1] * len(idx)))
+            parts["train"].append(idx[:n_train])
+            parts["val"].append(idx[n_train : n_train + n_val])
+            parts["test"].append(idx[n_train + n_val :])
+        out = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
     hashes = {}
     for k, idx in out.items():
         h = hashlib.sha256()

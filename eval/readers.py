@@ -30,18 +30,20 @@ import gzip
 import os
 import re
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from datapipe.fasta import read_fasta
 from eval.annotations import text_lines
-from eval.datasets import LabelledSet
+from eval.datasets import LabelledSet, split_name
 
 PathLike = str | os.PathLike[str]
 
 _NOT_BASE = re.compile(r"[^ACGTN]")
 _LABEL_KEY = re.compile(r"(?:^|\s)label=(\S+)")
+_SPLIT_KEY = re.compile(r"(?:^|\s)split=(\S+)")
 _ZENG_NAME = re.compile(r"^>[^\s:]+:\d+-\d+(_shuf)?$")
 _DEERECT_FILE = re.compile(r"^(?:pos|neg)?([ACGT]{6})(?:_fold_(\d+))?\.txt(?:\.gz)?$")
 
@@ -359,12 +361,14 @@ def parse_label(header: str) -> int | None:
 
 
 def read_labelled_fasta(path: PathLike, *, name: str | None = None) -> LabelledSet:
-    """FASTA whose headers carry the label: ``>id label=1`` or ``>id|1`` (see :func:`parse_label`)."""
+    """FASTA whose headers carry the label: ``>id label=1`` or ``>id|1`` (see :func:`parse_label`), and
+    optionally the split: ``>id label=1 split=test`` (train / val / test; dev means val), then on every record."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(path, None, "no such file")
     seqs: list[str] = []
     labels: list[int] = []
+    parts: list[str | None] = []
     for rec in read_fasta(path):
         header = f"{rec.name} {rec.description}".strip()
         try:
@@ -375,9 +379,25 @@ def read_labelled_fasta(path: PathLike, *, name: str | None = None) -> LabelledS
             raise DataFormatError(
                 path, rec.line, f"header {header[:40]!r} has no label; write '>id label=1' or '>id|1'"
             )
+        found = _SPLIT_KEY.search(header)
+        part = split_name(found[1]) if found else None
+        if found and part is None:
+            raise DataFormatError(
+                path, rec.line, f"split={found[1]!r}; write split=train, val (or dev) or test"
+            )
+        if parts and (part is None) != (parts[0] is None):
+            raise DataFormatError(
+                path,
+                rec.line,
+                "split= is on some records but not this one: give it on every record or on none",
+            )
         seqs.append(rec.seq.tobytes().decode("ascii"))
         labels.append(label)
-    return _labelled(name or path.name.split(".")[0], seqs, labels, path)
+        parts.append(part)
+    data = _labelled(name or path.name.split(".")[0], seqs, labels, path)
+    if parts and parts[0] is not None:
+        data = replace(data, given_split=np.asarray(parts, dtype=object))
+    return data
 
 
 def write_labelled_fasta(data: LabelledSet, path: PathLike) -> Path:

@@ -114,6 +114,9 @@ def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[s
                 "n_train": len(parts.train),
                 "n_val": len(parts.val),
                 "n_test": len(parts.test),
+                "split": "given by the data"
+                if data.given_split is not None
+                else f"drawn, seed {cfg.split_seed}",
                 **{f"sha256.{k}": v for k, v in parts.hashes.items()},
                 **cfg.finetune.flat(),
             }

@@ -107,6 +107,39 @@ def test_read_table_and_its_errors(tmp_path):
         read_table(blank)
 
 
+def test_a_given_split_is_used_as_given(tmp_path):
+    """A split column (or split= in FASTA headers) replaces the seeded draw; dev means val."""
+    from eval.readers import read_labelled_fasta
+
+    rows = [("ACGT", 0, "train"), ("ACGA", 1, "Train"), ("ACGC", 0, "dev"), ("ACGG", 1, "val"),
+            ("ACTT", 0, "test"), ("ACTA", 1, "test"), ("ACTC", 1, "train")]  # fmt: skip
+    csv = tmp_path / "given.csv"
+    csv.write_text("sequence,label,split\n" + "".join(f"{s},{y},{p}\n" for s, y, p in rows))
+    fasta = tmp_path / "given.fa"
+    fasta.write_text("".join(f">r{i} label={y} split={p}\n{s}\n" for i, (s, y, p) in enumerate(rows)))
+    for data in (read_table(csv), read_labelled_fasta(fasta)):
+        for seed in (0, 1):  # the seed no longer matters
+            parts = split(data, seed=seed)
+            assert (parts.train.tolist(), parts.val.tolist(), parts.test.tolist()) == (
+                [0, 1, 6],
+                [2, 3],
+                [4, 5],
+            )
+    assert split(read_table(csv), seed=0).hashes == split(read_labelled_fasta(fasta), seed=0).hashes
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sequence,label,split\nACGT,0,train\nACGA,1,holdout\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: split 'holdout'; write train, val"):
+        read_table(bad)
+    noval = tmp_path / "noval.csv"
+    noval.write_text("sequence,label,split\nACGT,0,train\nACGA,1,test\n")
+    with pytest.raises(ValueError, match=r"the given split has no 'val' examples"):
+        read_table(noval)
+    mixed = tmp_path / "mixed.fa"
+    mixed.write_text(">a label=0 split=train\nACGT\n>b label=1\nACGA\n")
+    with pytest.raises(ValueError, match=r"mixed.fa:3: split= is on some records but not this one"):
+        read_labelled_fasta(mixed)
+
+
 def test_read_table_with_three_classes(tmp_path):
     path = tmp_path / "splice.tsv.gz"
     import gzip
