@@ -25,6 +25,8 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from datapipe.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 BLOCK_SIZE = 8 << 20
@@ -59,22 +61,11 @@ _Done = tuple[str, str, int, int, bytearray, bytearray]  # name, description, li
 _MAGIC_OTHER = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
-class FastaFormatError(ValueError):
+class FastaFormatError(InputError):
     """Malformed FASTA. ``str(err)`` is ``"{path}:{line}: {what is wrong}; {what to do}"``.
 
     ``line`` is 1-based, or None when the problem is the file as a whole (empty, wrong compression).
-    The constructor arguments are kept in ``args`` so the error pickles (e.g. across Ray workers).
     """
-
-    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
-        super().__init__(os.fspath(path), line, message)
-        self.path: str = os.fspath(path)
-        self.line: int | None = line
-        self.message = message
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)  # eq=False: == on arrays is not a bool

@@ -32,6 +32,8 @@ from typing import Any, BinaryIO, Literal
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from datapipe.errors import InputError
+
 try:  # optional: libdeflate inflates whole BGZF blocks ~2.9x faster than zlib (bench/bench_datapipe.py)
     import deflate as _libdeflate
 except ImportError:  # pragma: no cover - depends on the environment
@@ -45,20 +47,6 @@ _PLAIN_PIECE = 1 << 20  # bytes per read of an uncompressed input
 _GZIP_READ = 1 << 18  # compressed bytes per read of a plain gzip stream
 COMPRESSION_RATIO = 4
 """DNA text gzips ~3.5-4.3x; compressed inputs are cut every region_bp / 4 compressed bytes."""
-
-
-class InputError(ValueError):
-    """Unreadable or malformed input. ``str(err)`` is ``"{path}[:{line}]: {what}; {what to do}"``.
-
-    The constructor arguments stay in ``args`` so the error pickles across Ray workers.
-    """
-
-    def __init__(self, path: str, line: int | None, message: str) -> None:
-        super().__init__(path, line, message)
-        self.path, self.line, self.message = path, line, message
-
-    def __str__(self) -> str:
-        return f"{self.path if self.line is None else f'{self.path}:{self.line}'}: {self.message}"
 
 
 # ---------------------------------------------------------------------------------------------

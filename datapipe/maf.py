@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from datapipe.errors import InputError
 from datapipe.fasta import _BAD, _LOWER, _NORM
-from datapipe.io import InputError
 
 _GAP_AND_WS = b"-\r"
 

@@ -41,6 +41,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
+from datapipe.errors import InputError
 from datapipe.fasta import open_maybe_compressed
 
 COLUMNS = ("chrom", "start", "end", "strand", "name")
@@ -63,18 +64,8 @@ _BED_NAMES = (
 )
 
 
-class AnnotationFormatError(ValueError):
+class AnnotationFormatError(InputError):
     """Malformed annotation file. ``str(err)`` is ``"{path}:{line}: {message}"`` (no line: whole file)."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int | None, message: str) -> None:
-        super().__init__(os.fspath(path), line, message)
-        self.path = os.fspath(path)
-        self.line = line
-        self.message = message
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.message}"
 
 
 def chrom_key(name: str) -> str:

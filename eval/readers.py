@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datapipe.errors import InputError
 from datapipe.fasta import read_fasta
 from eval.annotations import text_lines
 from eval.datasets import LabelledSet, split_name
@@ -48,18 +49,8 @@ _ZENG_NAME = re.compile(r"^>[^\s:]+:\d+-\d+(_shuf)?$")
 _DEERECT_FILE = re.compile(r"^(?:pos|neg)?([ACGT]{6})(?:_fold_(\d+))?\.txt(?:\.gz)?$")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
     """Malformed task file. ``str(err)`` is ``"{path}:{line}: {message}"`` (no line: the whole file)."""
-
-    def __init__(self, path: PathLike, line: int | None, message: str) -> None:
-        super().__init__(os.fspath(path), line, message)
-        self.path = os.fspath(path)
-        self.line = line
-        self.message = message
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.message}"
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
