@@ -22,7 +22,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import announce, triton_interpreting
+from kernels.dispatch import announce, triton_refusal
 
 TRITON_HEAD_DIMS = (32, 64, 128)
 
@@ -155,12 +155,8 @@ def fused_attention(
 
 def _triton_refusal(q, k, v, key_padding_mask) -> str | None:
     """None if the Triton kernel should run on these tensors, else why not (for the log)."""
-    if q.device.type != "cuda" and not triton_interpreting():
-        return f"{q.device.type} tensors and TRITON_INTERPRET is not set"
-    ops = _triton_module()
-    if ops is None:
-        return "Triton is not installed"
-    if q.device.type != "cuda" and not ops.INTERPRETED:
-        return "TRITON_INTERPRET=1 was set after the Triton kernels were defined for the GPU; set it before start-up"
-    reason = triton_unsupported(q, k, v, key_padding_mask, interpreted=ops.INTERPRETED)
+    refusal = triton_refusal(q.device.type, _triton_module)
+    if refusal is not None:
+        return refusal
+    reason = triton_unsupported(q, k, v, key_padding_mask, interpreted=_triton_module().INTERPRETED)
     return None if reason is None else f"Triton kernel: {reason}"

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import announce, triton_interpreting
+from kernels.dispatch import announce, triton_refusal
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # weight dtypes the Triton kernels take
 
@@ -339,13 +339,9 @@ def _triton_module() -> ModuleType | None:
 
 def _triton_refusal(bases: torch.Tensor, weight: torch.Tensor | None = None) -> str | None:
     """None if the Triton kernels should run on these tensors, else why not (for the log)."""
-    if bases.device.type != "cuda" and not triton_interpreting():
-        return f"{bases.device.type} tensors and TRITON_INTERPRET is not set"
-    ops = _triton_module()
-    if ops is None:
-        return "Triton is not installed"
-    if bases.device.type != "cuda" and not ops.INTERPRETED:
-        return "TRITON_INTERPRET=1 was set after the Triton kernels were defined for the GPU; set it before start-up"
+    refusal = triton_refusal(bases.device.type, _triton_module)
+    if refusal is not None:
+        return refusal
     if weight is not None and weight.dtype not in KERNEL_DTYPES:
         return f"Triton kernel: weight dtype {weight.dtype} is not supported (float32, float16, bfloat16)"
     return None
