@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from datapipe.loader import LoaderConfig
 from datapipe.masking import MaskingConfig
@@ -89,15 +90,7 @@ def tiny_dnabert() -> PretrainConfig:
     cfg.model = BertConfig(
         vocab_size=4101, max_seq_len=128, n_layer=2, n_head=4, d_model=64, d_ff=256, dropout=0.0
     )
-    cfg.optim = OptimConfig(
-        lr=1e-3,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-        weight_decay=0.01,
-        warmup_steps=20,
-        schedule="linear",
-        min_lr_ratio=0.0,
-    )
+    cfg.optim = replace(cfg.optim, lr=1e-3, warmup_steps=20)  # the published schedule, shortened
     cfg.train = TrainConfig(steps=200, zero_stage=1, log_every=10)
     cfg.loader = LoaderConfig(micro_batch_size=16, num_workers=1)
     cfg.masking = MaskingConfig()
