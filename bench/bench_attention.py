@@ -224,16 +224,10 @@ def compile_report(head_dims: list[int]) -> int:
     spill bytes (cuobjdump's STACK): the evidence behind the search spaces' limits. Uses Triton's
     ahead-of-time compile API with the specialisation a real launch gets (16-divisible pointers,
     strides and seq_len), as with the benchmark's shapes."""
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from sm90 import compile_sm90
 
     from kernels import triton_attention as ta
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     print(
         "| kernel | head_dim | BLOCK_M x BLOCK_N | warps | stages | default | shared KB | registers | spill bytes |"
     )
@@ -256,19 +250,9 @@ def compile_report(head_dims: list[int]) -> int:
                         sig[name] = POINTER_ARGS.get(name, "i32")
                         if name != "H":  # pointers, strides and seq_len: 16-divisible, as at our shapes
                             attrs[(i,)] = [["tt.divisibility", 16]]
-                compiled = triton.compile(
-                    ASTSource(kernel, sig, constexprs=consts, attrs=attrs),
-                    target=GPUTarget("cuda", 90, 32),
-                    options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+                compiled, regs, stack = compile_sm90(
+                    kernel, sig, consts, attrs, num_warps=cfg.num_warps, num_stages=cfg.num_stages
                 )
-                with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                    f.write(compiled.asm["cubin"])
-                    f.flush()
-                    usage = subprocess.run(
-                        [cuobjdump, "-res-usage", f.name], capture_output=True, text=True
-                    ).stdout
-                regs = usage.split("REG:")[1].split()[0]
-                stack = usage.split("STACK:")[1].split()[0]
                 bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
                 print(f"| {kind} | {hd} | {bm} x {bn} | {cfg.num_warps} | {cfg.num_stages} | "
                       f"{'yes' if _same(cfg, default) else ''} | {compiled.metadata.shared / 1024:.0f} | {regs} | {stack} |",

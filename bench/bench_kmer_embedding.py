@@ -264,16 +264,10 @@ def compile_report() -> int:
     """Compile each kernel for sm_90 (no GPU needed), in the variants a launch can take, and print
     registers and spill bytes (cuobjdump's STACK): catches GPU-only compile errors the interpreter lets
     through, and register pressure. First the defaults (GPU_BLOCKS), then other forward tiles."""
-    import subprocess
-    import tempfile
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from sm90 import compile_sm90
 
     from kernels import triton_kmer_embedding as tk
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     runs = [(tk.GPU_BLOCKS, False, "yes")]
     for bt, tile, w in ((16, 512, 4), (32, 512, 8), (64, 512, 8), (16, 1024, 8), (8, 512, 4)):
         runs.append((tk.GPU_BLOCKS | dict(BLOCK_T=bt, TILE_BYTES=tile, num_warps=w), True, ""))
@@ -287,18 +281,7 @@ def compile_report() -> int:
                     attrs[(i,)] = [["tt.divisibility", 16]]
             if kernel is tk.kmer_bwd_atomic:
                 sig["dw_ptr"] = "*fp32"
-            compiled = triton.compile(
-                ASTSource(kernel, sig, constexprs=consts, attrs=attrs),
-                target=GPUTarget("cuda", 90, 32),
-                options={"num_warps": warps},
-            )
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(compiled.asm["cubin"])
-                f.flush()
-                usage = subprocess.run(
-                    [cuobjdump, "-res-usage", f.name], capture_output=True, text=True
-                ).stdout
-            regs, stack = usage.split("REG:")[1].split()[0], usage.split("STACK:")[1].split()[0]
+            _, regs, stack = compile_sm90(kernel, sig, consts, attrs, num_warps=warps)
             shown = {k: v for k, v in consts.items() if not k.startswith("HAS_")}
             if "HAS_NB" in consts:
                 shown["layout"] = consts["HAS_NB"]
