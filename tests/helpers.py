@@ -63,6 +63,19 @@ def run_cut_at(src: Path, out: Path, step: int) -> Path:
     return out
 
 
+def kernel_log(caplog, fn) -> str:
+    """What the kernels logger says while ``fn()`` runs: which path each op took. Every choice is logged
+    once per process, so the remembered choices are forgotten first, to make this call's show."""
+    import logging
+
+    from kernels.dispatch import forget_choices
+
+    forget_choices()
+    with caplog.at_level(logging.INFO, logger="kernels"):
+        fn()
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "kernels")
+
+
 def untrained_export(recipe: str, out: Path) -> Path:
     """A freshly initialised model of ``recipe`` in the export layout: for tests of the eval plumbing, where
     the score is not under test."""

@@ -10,7 +10,6 @@ The numeric tests call the kernel directly, so a dispatch bug cannot turn them i
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -19,8 +18,8 @@ import pytest
 import torch
 
 from kernels.attention import attention_lse_ref, attention_ref, fused_attention
-from kernels.dispatch import forget_choices
 from tests.conftest import REPO
+from tests.helpers import kernel_log
 
 HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_GPU else "cpu"
@@ -194,19 +193,12 @@ def test_unsupported_inputs_are_clear_errors():
 # ---------------------------------------------------------------- dispatch
 
 
-def attention_log(caplog, fn) -> str:
-    forget_choices()  # every choice is logged once per process; make this one show
-    with caplog.at_level(logging.INFO, logger="kernels"):
-        fn()
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "kernels")
-
-
 @pytest.mark.skipif(HAS_GPU, reason="the kernels are compiled for the GPU in this process, not interpreted")
 def test_cpu_tensors_run_the_kernel_in_the_interpreter_when_asked(caplog):
     q, k, v, _ = inputs(1, 2, 21, 32, torch.float32, seed=4)
     keep = torch.rand(1, 21, generator=torch.Generator().manual_seed(0)) > 0.2
     out = {}
-    log = attention_log(
+    log = kernel_log(
         caplog, lambda: out.update(y=fused_attention(q, k, v, causal=True, key_padding_mask=keep))
     )
     assert "kernels.attention -> Triton flash-attention (interpreter) (cpu tensors, torch.float32)" in log
@@ -218,7 +210,7 @@ def test_cpu_without_interpreter_uses_torch(caplog, monkeypatch):
     q, k, v, _ = inputs(1, 2, 9, 32, torch.float32)
     q, k, v = q.cpu(), k.cpu(), v.cpu()
     out = {}
-    log = attention_log(caplog, lambda: out.update(y=fused_attention(q, k, v, causal=True)))
+    log = kernel_log(caplog, lambda: out.update(y=fused_attention(q, k, v, causal=True)))
     assert "-> torch SDPA (cpu tensors and TRITON_INTERPRET is not set)" in log
     torch.testing.assert_close(out["y"], attention_ref(q, k, v, causal=True))
 
@@ -227,9 +219,9 @@ def test_head_dim_the_kernel_lacks_falls_back_to_torch_and_says_why(caplog):
     q = torch.randn(2, 2, 9, 8, device=DEVICE)  # the tiny test models' head_dim
     keep = torch.ones(2, 9, dtype=torch.bool, device=DEVICE)
     keep[1, 6:] = False
-    log = attention_log(caplog, lambda: fused_attention(q, q, q, causal=True))
+    log = kernel_log(caplog, lambda: fused_attention(q, q, q, causal=True))
     assert "-> torch SDPA (Triton kernel: head_dim 8 is not supported (32, 64 or 128)" in log
-    log = attention_log(caplog, lambda: fused_attention(q, q, q, causal=False, key_padding_mask=keep))
+    log = kernel_log(caplog, lambda: fused_attention(q, q, q, causal=False, key_padding_mask=keep))
     assert "-> torch reference (masked) (Triton kernel: head_dim 8" in log
 
 
@@ -275,7 +267,7 @@ def test_dnagpt_runs_through_the_kernel(caplog, monkeypatch):
         return h.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     out = {}
-    log = attention_log(caplog, lambda: out.update(kernel=loss_and_grads()))
+    log = kernel_log(caplog, lambda: out.update(kernel=loss_and_grads()))
     assert "Triton flash-attention (interpreter)" in log
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     h_ref, grads_ref = loss_and_grads()
@@ -305,9 +297,9 @@ def test_gpu_long_sequences(shape, causal, dtype, masked):
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 def test_gpu_dispatch(caplog):
     q = torch.randn(1, 2, 64, 64, device="cuda", dtype=torch.bfloat16)
-    log = attention_log(caplog, lambda: fused_attention(q, q, q, causal=True))
+    log = kernel_log(caplog, lambda: fused_attention(q, q, q, causal=True))
     assert "-> Triton flash-attention (GPU) (cuda tensors, torch.bfloat16)" in log
-    log = attention_log(caplog, lambda: fused_attention(q.float(), q.float(), q.float(), causal=True))
+    log = kernel_log(caplog, lambda: fused_attention(q.float(), q.float(), q.float(), causal=True))
     assert "-> torch SDPA (Triton kernel: dtype torch.float32 is not supported" in log
 
 

@@ -9,7 +9,6 @@ module directly, so a dispatch bug cannot turn them into reference-vs-reference.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -23,9 +22,9 @@ from datapipe.masking import MaskingConfig
 from datapipe.shards import Sample
 from datapipe.tokenizers import TOKENIZER_NAMES, get_tokenizer
 from kernels import kmer_embedding, kmer_embedding_ref, kmer_ids, kmer_ids_ref
-from kernels.dispatch import forget_choices
 from kernels.kmer_embedding import kmer_tables
 from tests.conftest import REPO
+from tests.helpers import kernel_log
 
 HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_GPU else "cpu"
@@ -286,13 +285,6 @@ def test_deterministic_sums_in_a_fixed_order_close_to_fp64():
 # ---------------------------------------------------------------- dispatch, public op, errors
 
 
-def op_log(caplog, fn) -> str:
-    forget_choices()  # every choice is logged once per process; make this one show
-    with caplog.at_level(logging.INFO, logger="kernels"):
-        fn()
-    return "\n".join(r.getMessage() for r in caplog.records if r.name == "kernels")
-
-
 @pytest.mark.skipif(HAS_GPU, reason="the kernels are compiled for the GPU in this process, not interpreted")
 def test_public_op_runs_the_interpreter_and_matches_the_torch_path(caplog, monkeypatch):
     bases, num_bases, prefix, truth = grad_case("dnagpt-1to6mer")
@@ -305,12 +297,12 @@ def test_public_op_runs_the_interpreter_and_matches_the_torch_path(caplog, monke
         res["out"], res["ids"] = kmer_embedding(x, weight, return_ids=True, **kw)
         res["ids_only"] = kmer_ids(x, **kw)
 
-    log = op_log(caplog, run)
+    log = kernel_log(caplog, run)
     assert "kernels.kmer_embedding -> Triton k-mer kernel (interpreter) (cpu tensors, torch.float32)" in log
     assert "kernels.kmer_ids -> Triton k-mer kernel (interpreter) (cpu tensors)" in log
     (grad,) = torch.autograd.grad(res["out"].sum(), weight)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    log = op_log(caplog, lambda: res.update(ref=kmer_embedding(x, weight, return_ids=True, **kw)))
+    log = kernel_log(caplog, lambda: res.update(ref=kmer_embedding(x, weight, return_ids=True, **kw)))
     assert (
         "kernels.kmer_embedding -> torch reference (unfold + index) (cpu tensors and TRITON_INTERPRET is not set)"
         in log
@@ -331,7 +323,7 @@ def test_weight_dtype_the_kernel_lacks_falls_back_to_torch(caplog):
     bases = torch.from_numpy(random_bases(2, 12, seed=0)).to(DEVICE)
     weight = torch.randn(69, 8, dtype=torch.float64, device=DEVICE)
     res = {}
-    log = op_log(caplog, lambda: res.update(out=kmer_embedding(bases, weight, tokenizer="dnabert-3")))
+    log = kernel_log(caplog, lambda: res.update(out=kmer_embedding(bases, weight, tokenizer="dnabert-3")))
     assert (
         "-> torch reference (unfold + index) (Triton kernel: weight dtype torch.float64 is not supported"
         in log
@@ -436,7 +428,7 @@ def test_gpu_dispatch_and_determinism(caplog):
     weight = torch.randn(4101, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     res = {}
     kw = dict(tokenizer="dnabert-6", num_bases=nb, prefix_ids=pre)
-    log = op_log(caplog, lambda: res.update(out=kmer_embedding(x, weight, deterministic=True, **kw)))
+    log = kernel_log(caplog, lambda: res.update(out=kmer_embedding(x, weight, deterministic=True, **kw)))
     assert "-> Triton k-mer kernel (GPU) (cuda tensors, torch.bfloat16)" in log
     dy = torch.randn_like(res["out"])
     torch.use_deterministic_algorithms(True)  # every op of the deterministic backward must be allowed
