@@ -147,8 +147,7 @@ def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[s
         for png in pngs:
             child.log_artifact(png, "plots")
         child.finish()
-        row = _row(data, ours, base, job, parts.hashes, time.perf_counter() - t0)
-        row["n_test"] = len(parts.test)
+        row = _row(data, ours, base, job, parts, time.perf_counter() - t0)
         rows.append(row)
         (out_dir / f"{data.name}.json").write_text(
             json.dumps({**row, "history": info["history"]}, indent=2) + "\n"
@@ -166,16 +165,16 @@ def _baseline(data: LabelledSet, parts, seed: int):
     return kmer_baseline(train, data.labels[parts.train], test, num_classes=data.num_classes, seed=seed)
 
 
-def _row(data: LabelledSet, ours: dict, base: dict, job: Job, hashes: dict, seconds: float) -> dict[str, Any]:
+def _row(data: LabelledSet, ours: dict, base: dict, job: Job, parts, seconds: float) -> dict[str, Any]:
     task = job.task
     row: dict[str, Any] = {
         "task": data.name,
         "source": job.source,
-        "n_test": None,
+        "n_test": len(parts.test),
         "n_classes": data.num_classes,
         "classes": list(data.class_names),
         "averaging": averaging(data.num_classes),
-        "test_sha256": hashes["test"][:12],
+        "test_sha256": parts.hashes["test"][:12],
         "seconds": round(seconds, 1),
     }
     for m in METRICS:
