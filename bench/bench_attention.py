@@ -20,9 +20,6 @@ import argparse
 import datetime
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 TOKENS, MODEL_DIM = 16 * 1024, 2048
 SEQS, HEAD_DIMS = (512, 1024, 2048, 4096), (64, 128)

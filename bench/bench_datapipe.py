@@ -31,8 +31,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-DEFAULT_INPUT = "/work/shared/data/genomes/GRCh37_chr20.fa.gz"  # GRCh37 chr20, bgzip, 63.0 Mbp
+
+
+def default_input() -> str:
+    """GRCh37 chr20 (bgzip, 63.0 Mbp) from the public data collection ($DNAFM_DATA_ROOT, else ../shared/data)."""
+    from eval.tasks import default_data_root
+
+    return str(default_data_root() / "genomes" / "GRCh37_chr20.fa.gz")
 
 
 def _burn(n: int) -> float:
@@ -117,88 +122,102 @@ def bench_loader(data: str, collate, *, workers: int, batch: int, batches: int) 
     return tokens / wall, tokens / cpu
 
 
+def prepare_table(args: argparse.Namespace, scratch: Path) -> dict[int, dict]:
+    """Prepare with 1 and 2 workers on a fresh Ray instance each; print the table; the best runs."""
+    import ray
+
+    from datapipe import io as datapipe_io
+
+    inflater = "libdeflate (optional `deflate` package)" if datapipe_io._libdeflate else "zlib (stdlib)"
+    ceiling = machine_ceiling()
+    results, colds, starts = {}, {}, {}
+    for workers in (1, 2):
+        # A Ray instance with as many CPUs as workers, as `dnafm prepare --num-workers N` starts.
+        t0 = time.perf_counter()
+        ray.init(
+            num_cpus=workers,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            configure_logging=False,
+        )
+        starts[workers] = time.perf_counter() - t0
+        colds[workers] = bench_prepare(args.input, args.species, args.window_tokens, workers, scratch)
+        runs = [
+            bench_prepare(args.input, args.species, args.window_tokens, workers, scratch)
+            for _ in range(args.repeats)
+        ]
+        results[workers] = min(runs, key=lambda r: r["wall"])
+        ray.shutdown()
+    cold = colds[2]
+    print(
+        f"\ninput: {args.input} ({cold['mb']:.1f} Mb), window {args.window_tokens} tokens, best of "
+        f"{args.repeats} after a first run that starts the Ray workers ({colds[1]['wall']:.2f} s with 1 worker, "
+        f"{cold['wall']:.2f} s with 2); Ray start {starts[1]:.1f} s; BGZF inflater: {inflater}\n"
+    )
+    print("| prepare | wall s | MB/s | MB/s per core | MB per CPU-second | speed-up | other programs |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for w, r in results.items():
+        rate = r["mb"] / r["wall"]
+        speedup = rate / (results[1]["mb"] / results[1]["wall"])
+        print(
+            f"| {w} worker{'s' if w > 1 else ''} | {r['wall']:.2f} | {rate:.1f} | {rate / w:.1f} | "
+            f"{r['mb'] / r['cpu']:.1f} | {speedup:.2f}x | {r['others']:.2f} cores |"
+        )
+    print(f"| machine ceiling (pure Python, 2 processes vs 1) | | | | | {ceiling:.2f}x | |")
+    return results
+
+
+def loader_table(data: Path, args: argparse.Namespace) -> None:
+    from datapipe.tokenizers import get_tokenizer
+    from trainer.samples import GptSampleBuilder
+
+    tok, ctx = get_tokenizer("dnagpt-6mer"), args.window_tokens + 4
+    builder = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx)
+    fused = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx, ship_bases=True)
+    print("\n| loader, micro-batch 8 | M tokens/s | M tokens per CPU-second |")
+    print("|---|---:|---:|")
+    for name, collate in (
+        ("trainer collate (GptSampleBuilder)", builder),
+        ("trainer collate shipping bases (model.embedding=fused)", fused),
+        ("pad-only collate", _pad_collate),
+    ):
+        for workers in (2, 0):
+            rate, per_cpu = bench_loader(data, collate, workers=workers, batch=8, batches=args.loader_batches)
+            where = "2 workers" if workers else "no workers (in the training process)"
+            print(f"| {where}, {name} | {rate / 1e6:.1f} | {per_cpu / 1e6:.1f} |")
+
+
+def extrapolation(per_core: float) -> None:
+    bases = 200e9 * 6  # 200B tokens of 6-mers
+    print(
+        f"\n200B tokens (~{bases / 1e12:.1f} Tbp of 6-mers) at {per_core:.0f} MB/s per core (1-worker rate):"
+    )
+    for nodes, cores in ((1, 16), (10, 32), (100, 64)):
+        minutes = bases / (per_core * 1e6 * nodes * cores) / 60
+        print(f"  {nodes:>3} nodes x {cores} cores: {minutes:8.1f} min")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", default=DEFAULT_INPUT, help="FASTA input (default: GRCh37 chr20, bgzip)")
+    p.add_argument(
+        "--input", help="FASTA input (default: GRCh37 chr20, bgzip, from the public data collection)"
+    )
     p.add_argument("--species", default="human")
     p.add_argument("--window-tokens", type=int, default=508)
     p.add_argument("--repeats", type=int, default=3, help="runs per worker count (best is reported)")
     p.add_argument("--loader-batches", type=int, default=4000)
     args = p.parse_args()
-
+    args.input = args.input or default_input()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
-    from datapipe import io as datapipe_io
-    from datapipe.tokenizers import get_tokenizer
-    from trainer.samples import GptSampleBuilder
-
-    inflater = "libdeflate (optional `deflate` package)" if datapipe_io._libdeflate else "zlib (stdlib)"
-    ceiling = machine_ceiling()
     scratch = Path(tempfile.mkdtemp(prefix="bench-datapipe-"))
     try:
-        results, colds, starts = {}, {}, {}
-        for workers in (1, 2):
-            # A Ray instance with as many CPUs as workers, as `dnafm prepare --num-workers N` starts.
-            t0 = time.perf_counter()
-            ray.init(
-                num_cpus=workers,
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-                configure_logging=False,
-            )
-            starts[workers] = time.perf_counter() - t0
-            colds[workers] = bench_prepare(args.input, args.species, args.window_tokens, workers, scratch)
-            runs = [
-                bench_prepare(args.input, args.species, args.window_tokens, workers, scratch)
-                for _ in range(args.repeats)
-            ]
-            results[workers] = min(runs, key=lambda r: r["wall"])
-            ray.shutdown()
-        cold = colds[2]
-        print(
-            f"\ninput: {args.input} ({cold['mb']:.1f} Mb), window {args.window_tokens} tokens, best of "
-            f"{args.repeats} after a first run that starts the Ray workers ({colds[1]['wall']:.2f} s with 1 worker, "
-            f"{cold['wall']:.2f} s with 2); Ray start {starts[1]:.1f} s; BGZF inflater: {inflater}\n"
-        )
-        print("| prepare | wall s | MB/s | MB/s per core | MB per CPU-second | speed-up | other programs |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for w, r in results.items():
-            rate = r["mb"] / r["wall"]
-            speedup = rate / (results[1]["mb"] / results[1]["wall"])
-            print(
-                f"| {w} worker{'s' if w > 1 else ''} | {r['wall']:.2f} | {rate:.1f} | {rate / w:.1f} | "
-                f"{r['mb'] / r['cpu']:.1f} | {speedup:.2f}x | {r['others']:.2f} cores |"
-            )
-        print(f"| machine ceiling (pure Python, 2 processes vs 1) | | | | | {ceiling:.2f}x | |")
-
-        data = results[2]["out"]
-        tok, ctx = get_tokenizer("dnagpt-6mer"), args.window_tokens + 4
-        builder = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx)
-        fused = GptSampleBuilder(tokenizer=tok, max_seq_len=ctx, ship_bases=True)
-        print("\n| loader, micro-batch 8 | M tokens/s | M tokens per CPU-second |")
-        print("|---|---:|---:|")
-        for name, collate in (
-            ("trainer collate (GptSampleBuilder)", builder),
-            ("trainer collate shipping bases (model.embedding=fused)", fused),
-            ("pad-only collate", _pad_collate),
-        ):
-            for workers in (2, 0):
-                rate, per_cpu = bench_loader(
-                    data, collate, workers=workers, batch=8, batches=args.loader_batches
-                )
-                where = "2 workers" if workers else "no workers (in the training process)"
-                print(f"| {where}, {name} | {rate / 1e6:.1f} | {per_cpu / 1e6:.1f} |")
-        per_core = results[1]["mb"] / results[1]["wall"]
-        bases = 200e9 * 6  # 200B tokens of 6-mers
-        print(
-            f"\n200B tokens (~{bases / 1e12:.1f} Tbp of 6-mers) at {per_core:.0f} MB/s per core (1-worker rate):"
-        )
-        for nodes, cores in ((1, 16), (10, 32), (100, 64)):
-            minutes = bases / (per_core * 1e6 * nodes * cores) / 60
-            print(f"  {nodes:>3} nodes x {cores} cores: {minutes:8.1f} min")
+        results = prepare_table(args, scratch)
+        loader_table(results[2]["out"], args)
+        extrapolation(results[1]["mb"] / results[1]["wall"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         if ray.is_initialized():

@@ -10,20 +10,16 @@ the same run. Goal (issue #8): 10k sequences of 600 bp in under a minute on CPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datapipe.tokenizers import get_tokenizer  # noqa: E402
-from eval.finetune import predict  # noqa: E402
-from eval.heads import build_classifier, encode_inputs  # noqa: E402
-from trainer.families import bare_model  # noqa: E402
-from trainer.recipes import get_recipe  # noqa: E402
+from datapipe.tokenizers import get_tokenizer
+from eval.finetune import predict
+from eval.heads import build_classifier, encode_inputs
+from trainer.families import bare_model
+from trainer.recipes import get_recipe
 
 
 def main() -> None:

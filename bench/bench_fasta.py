@@ -3,7 +3,7 @@
 Each mode runs in a fresh spawned process so ``ru_maxrss`` is that mode's own peak. "decompress" is the
 floor: reading the stream through ``open_maybe_compressed`` with no parsing at all.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_fasta.py /work/shared/data/genomes/GRCh37_chr20.fa.gz
+    .venv/bin/python bench/bench_fasta.py data/genomes/grch37_chr20_44-46Mb.fa.gz
 """
 
 from __future__ import annotations

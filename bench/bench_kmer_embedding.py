@@ -26,9 +26,6 @@ import argparse
 import datetime
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 TOKENS, ROWS = 64 * 1024, 128
 D_MODELS = (768, 2048)

@@ -13,22 +13,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datapipe.fasta import read_fasta  # noqa: E402
-from datapipe.shards import Sample  # noqa: E402
-from datapipe.tokenizers import get_tokenizer  # noqa: E402
-from trainer.engine import build_engine, init_distributed, lr_lambda, param_groups  # noqa: E402
-from trainer.families import FAMILIES, count_params  # noqa: E402
-from trainer.loop import device_peak_flops, model_flops_per_token  # noqa: E402
-from trainer.recipes import get_recipe  # noqa: E402
+from datapipe.fasta import read_fasta
+from datapipe.shards.format import Sample
+from datapipe.tokenizers import get_tokenizer
+from trainer.engine import build_engine, init_distributed, lr_lambda, param_groups
+from trainer.families import FAMILIES, count_params
+from trainer.loop import device_peak_flops, model_flops_per_token
+from trainer.recipes import get_recipe
 
 GENOME = Path(__file__).resolve().parents[1] / "data/genomes/grch37_chr20_44-46Mb.fa.gz"
 
@@ -117,7 +114,7 @@ def hf_masked_lm(base: torch.nn.Module, device: torch.device) -> torch.nn.Module
 
     import transformers
 
-    from trainer.hf_bert import save_hf_bert
+    from trainer.models.hf_bert import save_hf_bert
 
     with tempfile.TemporaryDirectory() as tmp:
         save_hf_bert(base.bert, Path(tmp) / "m")

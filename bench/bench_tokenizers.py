@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from datapipe.tokenizers import TOKENIZER_NAMES, DnaGptTokenizer, Tokenizer, get_tokenizer  # noqa: E402
+from datapipe.tokenizers import TOKENIZER_NAMES, DnaGptTokenizer, Tokenizer, get_tokenizer
 
 
 def reference_encode(tok: Tokenizer, seq: str) -> np.ndarray:

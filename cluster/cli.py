@@ -1,7 +1,9 @@
 """The `dnafm` console script: one entry, one subcommand per stage.
 
 Each stage's parser lives with its layer (datapipe/cli.py, trainer/cli.py, eval/cli.py); this
-module only dispatches, and turns expected errors into one line on stderr and exit code 1.
+module only dispatches. An expected error (``datapipe.common.errors.UserError``: bad input, a wrong
+value, a missing file, a full disk) becomes one line on stderr and exit code 1; anything else is a bug
+in dnafm and keeps its traceback, followed by a line saying so (exit code 1 as well).
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
-from datapipe import __version__
-from datapipe.shards import ShardError
+from datapipe.common import __version__
+from datapipe.common.errors import UserError
 
-# Errors whose message is the whole story for a user (bad input, bad config, missing file).
-EXPECTED = (ValueError, FileNotFoundError, FileExistsError, KeyError, OSError, ShardError)
+BUG_REPORT = (
+    "this is a bug in dnafm, not a problem with your input: please report it with the traceback above"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dnafm: interrupted", file=sys.stderr)
         return 130
-    except EXPECTED as err:
+    except UserError as err:
         logging.getLogger("dnafm").debug("error detail", exc_info=True)
         print(f"dnafm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"dnafm {args.command}: internal error; {BUG_REPORT}", file=sys.stderr)
         return 1
 
 

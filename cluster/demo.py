@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from datapipe.common.cliargs import command_parser
+from datapipe.common.errors import OutputExistsError
+
 REPO = Path(__file__).resolve().parents[1]
 GENOMES = [
     ("data/genomes/ecoli_k12_mg1655.fa.gz", "ecoli"),
@@ -24,8 +27,12 @@ MARKER = ".dnafm-demo"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command_parser(
+        sub,
         "demo",
+        set_example=None,
+        mlflow=False,
+        dry_run="print the stage commands and exit",
         help="run prepare -> pretrain -> eval on the shipped data (~5 min on 2 CPU cores)",
         description="The main job at small scale: Ray prepares shards from real E. coli and human "
         "chr20 sequence, DeepSpeed trains a tiny DNAGPT, which is then fine-tuned and scored on "
@@ -34,7 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
     p.add_argument("--steps", type=int, default=300, help="pretraining steps (default 300)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (for tests): 1 genome, few steps")
-    p.add_argument("--dry-run", action="store_true", help="print the stage commands and exit")
     p.set_defaults(func=run)
 
 
@@ -86,8 +92,8 @@ def stage_commands(out: Path, *, steps: int, quick: bool) -> list[tuple[str, lis
 
 
 def run(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
-    from datapipe.tracking import PARENT_ENV, default_tracking_uri, start_tracker, ui_command
+    from datapipe.common.logs import setup_logging
+    from datapipe.common.tracking import PARENT_ENV, default_tracking_uri, start_tracker, ui_command
 
     setup_logging()
     out: Path = args.out.resolve()
@@ -128,7 +134,7 @@ def _fresh_out(out: Path) -> None:
     """Re-running the demo replaces its own previous output, never a folder it did not create."""
     if out.exists():
         if not (out / MARKER).exists():
-            raise FileExistsError(f"{out} exists and was not made by `dnafm demo`; pass another --out")
+            raise OutputExistsError(f"{out} exists and was not made by `dnafm demo`; pass another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by dnafm demo; re-running the demo deletes this folder\n")

@@ -7,12 +7,26 @@ import json
 from pathlib import Path
 from typing import Any
 
+from datapipe.common.cliargs import command_parser, flag_overrides
+from datapipe.common.errors import UsageError
 from datapipe.tokenizers import TOKENIZER_NAMES
+
+# Flags that set prepare config fields (the rest name inputs and outputs).
+FLAG_FIELDS = {
+    "tokenizer": "tokenizer",
+    "window_tokens": "window_tokens",
+    "num_workers": "num_workers",
+    "ray_address": "ray_address",
+    "reverse_complement": "reverse_complement=true",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command_parser(
+        sub,
         "prepare",
+        set_example="shard_max_samples=512 --set soft_mask=mask",
+        dry_run="print the resolved config and inputs, then exit",
         help="turn FASTA genomes and MAF alignments into tokenized WebDataset shards (Ray)",
         description="Window, filter, tokenize and shard genomes with Ray tasks, on this machine or on a "
         "Ray cluster (--ray-address). Inputs and --out may be local paths or fsspec URLs (file://, "
@@ -23,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "inputs", nargs="*", metavar="INPUT", help="FASTA (plain, gzip, bgzip) or MAF files, paths or URLs"
     )
     p.add_argument("--out", help="output folder or URL (shards/, manifest.json, ...)")
-    p.add_argument("--tokenizer", default="dnagpt-6mer", choices=TOKENIZER_NAMES)
+    p.add_argument("--tokenizer", choices=TOKENIZER_NAMES, help="tokenizer (default dnagpt-6mer)")
     p.add_argument(
         "--species",
         action="append",
@@ -43,53 +57,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ray-address", help="address of an existing Ray cluster (default: start a local instance)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a prepare config field, e.g. --set shard_max_samples=512 --set soft_mask=mask",
-    )
     p.add_argument("--verify", metavar="DIR", help="re-read the shards of DIR against its manifest and exit")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and inputs, then exit")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
+    from datapipe.common.logs import setup_logging
     from datapipe.prepare import PrepareConfig
 
     setup_logging()
     if args.verify:
         return _verify(args.verify)
-    overrides = [f"tokenizer={args.tokenizer}", *args.overrides]
-    for flag in ("window_tokens", "num_workers", "ray_address"):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{flag}={getattr(args, flag)}")
-    if args.reverse_complement:
-        overrides.append("reverse_complement=true")
-    cfg = PrepareConfig().with_overrides(overrides)
-    specs = input_specs(args.inputs, args.species, args.species_table)
+    cfg = PrepareConfig().with_overrides(flag_overrides(args, FLAG_FIELDS))
+    specs = input_specs(args.inputs, args.species, args.species_table, family=cfg.family)
     if args.dry_run:
         print(json.dumps({"config": cfg.to_dict(), "inputs": [vars(s) for s in specs]}, indent=2))
         return 0
     if args.out is None:
-        raise ValueError("--out is required")
+        raise UsageError("--out is required")
     return _prepare(specs, args.out, cfg, track=not args.no_mlflow)
 
 
-def input_specs(inputs: list[str], species: list[str], table_path: str | None) -> list[Any]:
-    """One InputSpec per input, from --species and/or --species-table (every error names the input)."""
+def input_specs(
+    inputs: list[str], species: list[str], table_path: str | None, *, family: str = "dnagpt"
+) -> list[Any]:
+    """One InputSpec per input, from --species and/or --species-table (every error names the input).
+
+    DNAGPT samples start with a species token, so a DNAGPT FASTA input needs a species. DNABERT samples
+    carry none: there the species is metadata only, 'unspecified' unless given."""
     from datapipe.io import sniff
     from datapipe.prepare import InputSpec, assembly_name
-    from datapipe.species import read_species_table
+    from datapipe.species import UNSPECIFIED, read_species_table
 
     if not inputs:
-        raise ValueError("no INPUT given: name one or more FASTA or MAF files")
+        raise UsageError("no INPUT given: name one or more FASTA or MAF files")
     if species and len(species) not in (1, len(inputs)):
-        raise ValueError(
+        raise UsageError(
             f"--species given {len(species)} times for {len(inputs)} inputs: give it once (all inputs) "
             "or once per input"
         )
@@ -99,7 +102,7 @@ def input_specs(inputs: list[str], species: list[str], table_path: str | None) -
         fmt = sniff(path).fmt  # also: missing file, empty file, unsupported compression
         if fmt == "maf":
             if not table:
-                raise ValueError(
+                raise UsageError(
                     f"input {path} is a MAF alignment: map its sources to species with --species-table "
                     "(lines like 'hg19 human' or 'panTro4 chimp <W>')"
                 )
@@ -114,7 +117,10 @@ def input_specs(inputs: list[str], species: list[str], table_path: str | None) -
                 specs.append(InputSpec(path=path, species=table[key][0], token=f"<{table[key][1]}>"))
                 break
         else:
-            raise ValueError(
+            if family == "dnabert":
+                specs.append(InputSpec(path=path, species=UNSPECIFIED))
+                continue
+            raise UsageError(
                 f"--species is required (e.g. --species human) for input {path}: DNAGPT samples carry a "
                 "species token; or add a line for it to --species-table"
             )
@@ -138,9 +144,9 @@ def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> No
     import logging
     import os
 
+    from datapipe.common.tracking import default_tracking_uri, start_tracker
     from datapipe.io import Storage
-    from datapipe.shards import MANIFEST
-    from datapipe.tracking import default_tracking_uri, start_tracker
+    from datapipe.shards.manifest import MANIFEST
 
     storage = Storage(out)
     if not storage.local and "MLFLOW_TRACKING_URI" not in os.environ:
@@ -165,7 +171,7 @@ def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> No
 
 
 def _verify(folder: str) -> int:
-    from datapipe.shards import verify
+    from datapipe.shards.manifest import verify
 
     problems = verify(folder)
     if problems:

@@ -25,7 +25,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from datapipe.errors import InputError
+from datapipe.common.errors import InputError
 
 logger = logging.getLogger(__name__)
 

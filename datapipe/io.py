@@ -32,7 +32,8 @@ from typing import Any, BinaryIO, Literal
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from datapipe.errors import InputError
+from datapipe.common.errors import InputError, MissingError, StorageFullError
+from datapipe.common.files import ENOSPC, write_atomic
 
 try:  # optional: libdeflate inflates whole BGZF blocks ~2.9x faster than zlib (bench/bench_datapipe.py)
     import deflate as _libdeflate
@@ -46,6 +47,7 @@ _OTHER_COMPRESSION = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd
 _PLAIN_PIECE = 1 << 20  # bytes per read of an uncompressed input
 _GZIP_READ = 1 << 18  # compressed bytes per read of a plain gzip stream
 COMPRESSION_RATIO = 4
+FULL_HINT = "free space (or choose another --out) and re-run the same command: completed work units are kept"
 """DNA text gzips ~3.5-4.3x; compressed inputs are cut every region_bp / 4 compressed bytes."""
 
 
@@ -98,33 +100,23 @@ class Storage:
     def write_bytes(self, data: bytes | list[bytes], *parts: str, fsync: bool = False) -> None:
         """Write atomically. ``data`` may be a list of pieces (written without joining them)."""
         final = self.path(*parts)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
         pieces = data if isinstance(data, list) else [data]
+        if self.local:  # fsync: the unit marker that follows must never be on disk before its shards
+            write_atomic(final, pieces, fsync=fsync, full_hint=FULL_HINT)
+            return
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
         try:
-            if self.local:
-                with open(tmp, "wb") as f:
-                    for piece in pieces:
-                        f.write(piece)
-                    if fsync:  # the unit marker that follows must never be on disk before its shards
-                        f.flush()
-                        os.fsync(f.fileno())
-                os.replace(tmp, final)
-            else:
-                with self.fs.open(tmp, "wb") as f:
-                    for piece in pieces:
-                        f.write(piece)
-                self.fs.mv(tmp, final)
+            with self.fs.open(tmp, "wb") as f:
+                for piece in pieces:
+                    f.write(piece)
+            self.fs.mv(tmp, final)
         except BaseException as err:
             try:
                 self.fs.rm_file(tmp)
-            except (OSError, FileNotFoundError):
+            except OSError:
                 pass
-            if isinstance(err, OSError) and err.errno == 28:  # ENOSPC
-                raise OSError(
-                    28,
-                    f"no space left on the device writing {final}; free space (or choose another --out) "
-                    "and re-run the same command: completed work units are kept",
-                ) from err
+            if isinstance(err, OSError) and err.errno == ENOSPC:
+                raise StorageFullError(final, FULL_HINT) from err
             raise
 
     def write_json(self, data: Any, *parts: str) -> None:
@@ -171,7 +163,7 @@ def sniff(url: str) -> InputFile:
     """Detect compression from the magic bytes (not the name) and the format from the first text."""
     fs, path = fsspec.core.url_to_fs(url)
     if not fs.exists(path) or fs.isdir(path):
-        raise FileNotFoundError(f"input {url} does not exist or is not a file")
+        raise MissingError(f"input {url} does not exist or is not a file")
     size = int(fs.size(path))
     if size == 0:
         raise InputError(url, None, "file is empty; give a FASTA or MAF file with sequence")

@@ -48,8 +48,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datapipe.config import Config, check
-from datapipe.shards import SHARDS, Sample, ShardError, decode_sample, parse_header, read_index, read_manifest
+from datapipe.common.config import Config, check
+from datapipe.common.errors import ShardError, UsageError
+from datapipe.shards.format import SHARDS, Sample, parse_header
+from datapipe.shards.manifest import read_manifest
+from datapipe.shards.reader import decode_sample, read_index
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +303,6 @@ class ShardLoader:
     def global_batch(self) -> int:
         return self.world_size * self.cfg.micro_batch_size
 
-    @property
-    def epoch(self) -> float:
-        """Epochs consumed (fractional)."""
-        return self.samples_consumed / self.order.epoch_samples
-
     def _start(self) -> Iterator[Any]:
         ds = _Batches(
             self.shards,
@@ -361,13 +359,13 @@ class ShardLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after ``state`` (saved at any world size / micro-batch size) with the next sample."""
         if state.get("version") != STATE_VERSION or "samples_consumed" not in state:
-            raise ValueError(
+            raise UsageError(
                 "loader state was saved by an older dnafm (a per-rank sample order): it cannot continue the "
                 "same order; start the data order afresh (drop the loader state) or use that dnafm version"
             )
         for key in ("seed", "mix_shards"):
             if state[key] != getattr(self.cfg, key):
-                raise ValueError(
+                raise UsageError(
                     f"loader state was saved with {key}={state[key]}, this run has {key}={getattr(self.cfg, key)}: "
                     "resuming would not continue the same sample order; set the same value"
                 )
@@ -381,7 +379,7 @@ class ShardLoader:
                 f"{self.skipped_shard_names})"
             )
             if not self.cfg.skip_bad_shards:
-                raise ValueError(f"{message}: resuming would not continue the same order; restore the shards")
+                raise UsageError(f"{message}: resuming would not continue the same order; restore the shards")
             log.warning("%s: the order from here on differs from the original run's", message)
         if (state["world_size"], state["micro_batch_size"]) != (self.world_size, self.cfg.micro_batch_size):
             log.info(

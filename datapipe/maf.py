@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datapipe.errors import InputError
+from datapipe.common.errors import InputError
 from datapipe.fasta import _BAD, _LOWER, _NORM
 
 _GAP_AND_WS = b"-\r"

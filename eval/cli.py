@@ -6,7 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from datapipe.common.cliargs import command_parser, flag_overrides
+from datapipe.common.errors import UsageError
 from eval.tasks import TASKS
+
+FLAG_FIELDS = {"no_mlflow": "tracking=false"}
 
 BUILD_HELP = """\
 --build KIND cuts a task from your genome (--genome, FASTA, .gz allowed) and annotation (--annotation; the
@@ -29,8 +33,10 @@ eval_config.json and the MLflow params (user_task.*).
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command_parser(
+        sub,
         "eval",
+        set_example="finetune.epochs=5",
         help="fine-tune and score a checkpoint on downstream tasks",
         description="Fine-tune a pretrained checkpoint on each task (DeepSpeed), score the test split "
         "with bootstrap CIs, compare with a k-mer baseline and the published figure.",
@@ -61,74 +67,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --data/--build: DNAGPT species token of your sequences, a letter or a species name "
         "(default R = human)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override an eval config field, e.g. --set finetune.epochs=5",
-    )
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=run)
 
 
 def _user_task(args: argparse.Namespace) -> dict:
-    """The user_task fields the flags set (paths made absolute, so the record says which file)."""
-    build_only = {
+    """The user_task fields the flags set (paths made absolute, so the record says which file); the config
+    checks which combinations make sense."""
+    fields = {
+        "data": args.data,
+        "build": args.build,
         "genome": args.genome,
         "annotation": args.annotation,
         "chrom": args.chrom,
         "max_examples": args.max_examples,
+        "species_token": args.species_token,
     }
-    given = [f"--{k.replace('_', '-')}" for k, v in build_only.items() if v is not None]
-    if given and args.build is None:
-        raise ValueError(f"{', '.join(given)}: only used with --build KIND")
-    if args.species_token is not None and args.data is None and args.build is None:
-        raise ValueError("--species-token applies to --data/--build; registry tasks carry their own")
-    out = {k: v for k, v in build_only.items() if v is not None}
-    out.update({k: str(v.resolve()) for k, v in out.items() if isinstance(v, Path)})
-    if args.data is not None:
-        out["data"] = str(args.data.resolve())
-    if args.build is not None:
-        out["build"] = args.build
-    if args.species_token is not None:
-        out["species_token"] = args.species_token
-    return out
+    return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in fields.items() if v is not None}
 
 
 def resolve_config(args: argparse.Namespace):
     """EvalConfig from --set overrides, then the flags (flags win, as they are the more specific)."""
     from eval.run import EvalConfig
 
-    data = EvalConfig().with_overrides(list(args.overrides)).to_dict()
+    data = EvalConfig().with_overrides(flag_overrides(args, FLAG_FIELDS)).to_dict()
     user = _user_task(args)
     data["user_task"].update(user)
     if args.tasks:
         data["tasks"] = args.tasks
     elif ("data" in user or "build" in user) and tuple(data["tasks"]) == EvalConfig().tasks:
         data["tasks"] = ()  # the default task gives way; tasks set with --set too is an error (two sources)
-    if args.no_mlflow:
-        data["tracking"] = False
     return EvalConfig.from_dict(data)
 
 
 def run(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
+    from datapipe.common.logs import setup_logging
 
     setup_logging()
     cfg = resolve_config(args)
     unknown = [t for t in cfg.tasks if t not in TASKS]
     if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(TASKS)}")
+        raise UsageError(f"unknown task(s) {', '.join(unknown)}; available: {', '.join(TASKS)}")
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
     if args.checkpoint is None or args.out is None:
-        raise ValueError("--checkpoint and --out are required (or use --dry-run)")
+        raise UsageError("--checkpoint and --out are required (or use --dry-run)")
     from eval.run import run_eval
-    from trainer.checkpoint import find_export
+    from trainer.models.export import find_export
 
     find_export(args.checkpoint)  # fail before any work if it is not there
     rows = run_eval(cfg, checkpoint=args.checkpoint, out_dir=args.out)

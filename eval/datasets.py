@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from datapipe.common.errors import UsageError
+
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -25,24 +27,24 @@ class LabelledSet:
 
     def __post_init__(self) -> None:
         if len(self.sequences) != len(self.labels):
-            raise ValueError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
+            raise UsageError(f"{self.name}: {len(self.sequences)} sequences but {len(self.labels)} labels")
         if len(self.sequences) == 0:
-            raise ValueError(f"{self.name}: no sequences")
+            raise UsageError(f"{self.name}: no sequences")
         if self.given_split is not None:
             self.given_split = np.asarray(self.given_split, dtype=object)
             have = set(self.given_split.tolist())
             if len(self.given_split) != len(self.labels) or not have <= set(SPLITS):
-                raise ValueError(f"{self.name}: given_split must hold one of {SPLITS} per example")
+                raise UsageError(f"{self.name}: given_split must hold one of {SPLITS} per example")
             for part in SPLITS:  # early stopping reads val, the scores test
                 if part not in have:
-                    raise ValueError(
+                    raise UsageError(
                         f"{self.name}: the given split has no '{part}' examples; mark some rows {part} "
                         "(or leave the split out entirely to have one drawn from the seed)"
                     )
         if self.classes is not None:
             self.classes = tuple(self.classes)
             if int(self.labels.max()) >= len(self.classes) or int(self.labels.min()) < 0:
-                raise ValueError(
+                raise UsageError(
                     f"{self.name}: labels {int(self.labels.min())}..{int(self.labels.max())} but "
                     f"{len(self.classes)} class names {list(self.classes)}"
                 )
@@ -53,7 +55,7 @@ class LabelledSet:
         positives-only table is a LabelledSet too, so this is checked here, not on construction)."""
         n = len(self.classes) if self.classes is not None else int(self.labels.max()) + 1
         if n < 2:
-            raise ValueError(f"{self.name}: {n} class; classification needs at least 2 classes")
+            raise UsageError(f"{self.name}: {n} class; classification needs at least 2 classes")
         return n
 
     @property
@@ -94,31 +96,31 @@ def read_table(path: str | Path) -> LabelledSet:
     with opener(path, "rt", newline="") as f:
         reader = csv.DictReader(f, delimiter=delim)
         if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
-            raise ValueError(
+            raise UsageError(
                 f"{path}:1: header must name the columns 'sequence' and 'label' "
                 f"(got {reader.fieldnames}); delimiter {'TAB' if delim == chr(9) else 'comma'}"
             )
         for line, row in enumerate(reader, start=2):
             seq = (row["sequence"] or "").strip().upper().replace(" ", "")
             if not seq or set(seq) - set("ACGTN"):
-                raise ValueError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
+                raise UsageError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
             label = (row["label"] or "").strip()
             if not label:
-                raise ValueError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
+                raise UsageError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
             if "split" in reader.fieldnames:
                 part = split_name(row["split"] or "")
                 if part is None:
-                    raise ValueError(
+                    raise UsageError(
                         f"{path}:{line}: split {row['split']!r}; write train, val (or dev) or test in every row"
                     )
                 parts.append(part)
             seqs.append(seq)
             raw_labels.append(label)
     if not seqs:
-        raise ValueError(f"{path}: no rows after the header")
+        raise UsageError(f"{path}: no rows after the header")
     classes = sorted(set(raw_labels), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
     if len(classes) < 2:
-        raise ValueError(
+        raise UsageError(
             f"{path}: every row has label {classes[0]!r}; classification needs at least "
             "2 classes in the 'label' column"
         )

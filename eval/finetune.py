@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datapipe.config import Config, check
-from datapipe.logs import progress
+from datapipe.common.config import Config, check
+from datapipe.common.logs import progress
+from datapipe.common.tracking import Tracker
 from datapipe.tokenizers import Tokenizer
-from datapipe.tracking import Tracker
 from eval.heads import build_classifier, encode_inputs
 from eval.metrics import classification_metrics
 from trainer.config import OptimConfig, TrainConfig

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from datapipe.common.errors import UsageError
 from datapipe.fasta import read_fasta
 from eval.annotations import chrom_key
 from eval.datasets import LabelledSet
@@ -35,7 +36,7 @@ class Genome:
         keys = None if chroms is None else {chrom_key(c) for c in chroms}
         records = {r.name: r.seq for r in read_fasta(path) if keys is None or chrom_key(r.name) in keys}
         if not records:
-            raise ValueError(f"{os.fspath(path)}: no FASTA record matches {sorted(chroms or [])}")
+            raise UsageError(f"{os.fspath(path)}: no FASTA record matches {sorted(chroms or [])}")
         return cls(records)
 
     @classmethod

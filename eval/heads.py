@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 
+from datapipe.common.errors import UsageError
 from datapipe.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def build_classifier(
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     if family == "dnagpt":
         if num_classes > MAX_PROMPT_CLASSES and not probe:
-            raise ValueError(
+            raise UsageError(
                 f"{num_classes} classes: the DNAGPT prompt answers with the tokens <0>..<9>, so at most "
                 f"{MAX_PROMPT_CLASSES} classes; use --set finetune.mode=probe (a new linear head) for more"
             )
@@ -124,7 +125,7 @@ def encode_inputs(
         positions = np.zeros(len(rows), dtype=np.int64)
     longest = max(len(r) for r in rows)
     if longest > max_len:
-        raise ValueError(
+        raise UsageError(
             f"a sequence needs {longest} tokens but the model's context is {max_len}: "
             "use --set finetune.crop=true (keeps the central bases), a longer-context model, "
             "or shorter sequences"

@@ -1,7 +1,7 @@
 """Readers for the published downstream-task file formats, each into an :class:`eval.datasets.LabelledSet`.
 
 =================  =======================================================================================
-format             layout (provenance and counts: ../shared/data/SOURCES.md)
+format             layout (each from the supplementary data of the paper named)
 =================  =======================================================================================
 DeepGSR            FASTA pair ``<sp>_<SIGNAL>_<kind>.fa`` / ``<sp>_neg<SIGNAL>_<kind>.fa``: 300 bp + signal +
                    300 bp; pseudo sites (negatives) carry the same signal          :func:`read_deepgsr`
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datapipe.errors import InputError
+from datapipe.common.errors import InputError, UsageError
+from datapipe.common.files import write_atomic
 from datapipe.fasta import read_fasta
 from eval.annotations import text_lines
 from eval.datasets import LabelledSet, split_name
@@ -242,13 +243,13 @@ def kmers_to_sequence(kmers: Sequence[str]) -> str:
     Raises ValueError (with the 1-based k-mer index) when lengths differ or neighbours do not overlap by
     k - 1 bases, which is how a wrong k, a dropped token or non-overlapping k-mers show up."""
     if not kmers:
-        raise ValueError("no k-mers")
+        raise UsageError("no k-mers")
     k = len(kmers[0])
     for i in range(1, len(kmers)):
         if len(kmers[i]) != k:
-            raise ValueError(f"k-mer {i + 1} {kmers[i]!r} has {len(kmers[i])} bases, k-mer 1 has {k}")
+            raise UsageError(f"k-mer {i + 1} {kmers[i]!r} has {len(kmers[i])} bases, k-mer 1 has {k}")
         if kmers[i][:-1] != kmers[i - 1][1:]:
-            raise ValueError(
+            raise UsageError(
                 f"k-mers {i} {kmers[i - 1]!r} and {i + 1} {kmers[i]!r} do not overlap by {k - 1} bases "
                 "(DNABERT files hold overlapping k-mers with stride 1)"
             )
@@ -347,7 +348,7 @@ def parse_label(header: str) -> int | None:
     if text is None:
         return None
     if not text.isdigit():
-        raise ValueError(f"label {text!r} is not an integer >= 0")
+        raise UsageError(f"label {text!r} is not an integer >= 0")
     return int(text)
 
 
@@ -396,16 +397,9 @@ def write_labelled_fasta(data: LabelledSet, path: PathLike) -> Path:
 
     Written to a temporary name and renamed, so a crash never leaves a partial file under ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     text = "".join(
         f">{data.name}_{i} label={int(y)}\n{s}\n"
         for i, (s, y) in enumerate(zip(data.sequences, data.labels, strict=True))
     ).encode("ascii")
-    try:
-        # mtime=0: the same set gives the same bytes, so the file's sha256 can stand for its content
-        with gzip.GzipFile(tmp, "wb", mtime=0) if path.suffix == ".gz" else open(tmp, "wb") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    # mtime=0: the same set gives the same bytes, so the file's sha256 can stand for its content
+    return write_atomic(path, gzip.compress(text, mtime=0) if path.suffix == ".gz" else text)

@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datapipe.config import Config, check
-from datapipe.tracking import PARENT_ENV, default_tracking_uri, start_tracker
+import numpy as np
+
+from datapipe.common.config import Config, check
+from datapipe.common.tracking import PARENT_ENV, Tracker, default_tracking_uri, start_tracker
 from eval.baseline import kmer_baseline
-from eval.datasets import LabelledSet, split
+from eval.datasets import LabelledSet, Split, split
 from eval.finetune import FinetuneConfig, finetune
 from eval.metrics import METRICS, averaging, classification_metrics
 from eval.plots import plot_task
@@ -33,7 +36,7 @@ class EvalConfig(Config):
     split_seed: int = 0
     experiment: str = "dnafm-eval"
     data_root: str | None = None
-    """Copy of the public data collection (shared/data layout) for the non-shipped tasks; see eval/tasks.py."""
+    """Folder of the public data collection for the non-shipped tasks (layout: eval/tasks.py)."""
     tracking: bool = True
 
     def __post_init__(self) -> None:
@@ -76,87 +79,113 @@ def load_jobs(cfg: EvalConfig) -> list[Job]:
 
 
 def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[str, Any]]:
-    import os
-
-    from trainer.checkpoint import load_export
+    """Every set: fine-tune, score, plot, one nested MLflow run each; then summary.md / summary.csv."""
     from trainer.engine import init_distributed
 
     jobs = load_jobs(cfg)
     dist_info = init_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out_dir / "eval_config.json")
-    uri = default_tracking_uri(out_dir)
     parent = start_tracker(
-        experiment=cfg.experiment, run_name=f"eval-{checkpoint.name}", tracking_uri=uri, enabled=cfg.tracking
+        experiment=cfg.experiment,
+        run_name=f"eval-{checkpoint.name}",
+        tracking_uri=default_tracking_uri(out_dir),
+        enabled=cfg.tracking,
     )
     parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint)})
-    rows = []
-    for job in jobs:
-        data = job.data
-        t0 = time.perf_counter()
-        model, pre_cfg, tok = load_export(checkpoint)  # fresh weights for every task
-        child = start_tracker(
-            experiment=cfg.experiment,
-            run_name=f"task-{data.name}",
-            tracking_uri=uri,
-            enabled=cfg.tracking,
-            parent_run_id=parent.run_id or os.environ.get(PARENT_ENV),
+    rows = [
+        evaluate_job(
+            job, cfg, checkpoint=checkpoint, out_dir=out_dir, dist_info=dist_info, parent=parent.run_id
         )
-        parts = split(data, seed=cfg.split_seed)
-        n_classes = data.num_classes
-        child.log_params(
-            {
-                "task": data.name,
-                "source": job.source,
-                "n_classes": n_classes,
-                "averaging": averaging(n_classes),
-                "species_token": job.species_token,
-                "n_train": len(parts.train),
-                "n_val": len(parts.val),
-                "n_test": len(parts.test),
-                "split": "given by the data"
-                if data.given_split is not None
-                else f"drawn, seed {cfg.split_seed}",
-                **{f"sha256.{k}": v for k, v in parts.hashes.items()},
-                **cfg.finetune.flat(),
-            }
-        )
-        prob, info = finetune(
-            model,
-            pre_cfg.family,
-            tok,
-            cfg.finetune,
-            data=data,
-            parts=parts,
-            species_token=job.species_token,
-            dist_info=dist_info,
-            tracker=child,
-        )
-        y_test = data.labels[parts.test]
-        ours = classification_metrics(y_test, prob, seed=cfg.split_seed)  # prob: (N_test, C)
-        base_prob = _baseline(data, parts, cfg.split_seed)
-        base = classification_metrics(y_test, base_prob, seed=cfg.split_seed)
-        child.log_metrics(
-            {
-                **{f"test/{k}": v["value"] for k, v in ours.items()},
-                **{f"baseline/{k}": v["value"] for k, v in base.items()},
-            },
-            step=0,
-        )
-        pngs = plot_task(y_test, prob, base_prob, out_dir / f"{data.name}", class_names=data.class_names)
-        for png in pngs:
-            child.log_artifact(png, "plots")
-        child.finish()
-        row = _row(data, ours, base, job, parts, time.perf_counter() - t0)
-        rows.append(row)
-        (out_dir / f"{data.name}.json").write_text(
-            json.dumps({**row, "history": info["history"]}, indent=2) + "\n"
-        )
+        for job in jobs
+    ]
     md, csv_path = write_summary(rows, out_dir)
     parent.log_artifact(md)
     parent.log_artifact(csv_path)
     parent.finish()
     return rows
+
+
+def open_task_run(job: Job, cfg: EvalConfig, parts: Split, *, out_dir: Path, parent: str | None) -> Tracker:
+    """The task's MLflow run, nested under ``parent``, with what it was trained and scored on as params."""
+    data = job.data
+    child = start_tracker(
+        experiment=cfg.experiment,
+        run_name=f"task-{data.name}",
+        tracking_uri=default_tracking_uri(out_dir),
+        enabled=cfg.tracking,
+        parent_run_id=parent or os.environ.get(PARENT_ENV),
+    )
+    child.log_params(
+        {
+            "task": data.name,
+            "source": job.source,
+            "n_classes": data.num_classes,
+            "averaging": averaging(data.num_classes),
+            "species_token": job.species_token,
+            "n_train": len(parts.train),
+            "n_val": len(parts.val),
+            "n_test": len(parts.test),
+            "split": "given by the data" if data.given_split is not None else f"drawn, seed {cfg.split_seed}",
+            **{f"sha256.{k}": v for k, v in parts.hashes.items()},
+            **cfg.finetune.flat(),
+        }
+    )
+    return child
+
+
+def score(data: LabelledSet, parts: Split, prob: np.ndarray, seed: int) -> dict[str, Any]:
+    """Test metrics of ours (``prob`` (N_test, C)) and of the k-mer baseline, with bootstrap CIs."""
+    y_test = data.labels[parts.test]
+    base_prob = _baseline(data, parts, seed)
+    return {
+        "ours": classification_metrics(y_test, prob, seed=seed),
+        "baseline": classification_metrics(y_test, base_prob, seed=seed),
+        "baseline_prob": base_prob,
+    }
+
+
+def evaluate_job(
+    job: Job, cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, dist_info: Any, parent: str | None
+) -> dict[str, Any]:
+    """One set from fresh pretrained weights: fine-tune, score, plots and ``<task>.json``; its summary row."""
+    from trainer.models.export import load_export
+
+    t0 = time.perf_counter()
+    data = job.data
+    model, pre_cfg, tok = load_export(checkpoint)
+    parts = split(data, seed=cfg.split_seed)
+    child = open_task_run(job, cfg, parts, out_dir=out_dir, parent=parent)
+    prob, info = finetune(
+        model,
+        pre_cfg.family,
+        tok,
+        cfg.finetune,
+        data=data,
+        parts=parts,
+        species_token=job.species_token,
+        dist_info=dist_info,
+        tracker=child,
+    )
+    scores = score(data, parts, prob, cfg.split_seed)
+    ours, base = scores["ours"], scores["baseline"]
+    child.log_metrics(
+        {
+            **{f"test/{k}": v["value"] for k, v in ours.items()},
+            **{f"baseline/{k}": v["value"] for k, v in base.items()},
+        },
+        step=0,
+    )
+    y_test = data.labels[parts.test]
+    pngs = plot_task(y_test, prob, scores["baseline_prob"], out_dir / data.name, class_names=data.class_names)
+    for png in pngs:
+        child.log_artifact(png, "plots")
+    child.finish()
+    row = _row(data, ours, base, job, parts, time.perf_counter() - t0)
+    (out_dir / f"{data.name}.json").write_text(
+        json.dumps({**row, "history": info["history"]}, indent=2) + "\n"
+    )
+    return row
 
 
 def _baseline(data: LabelledSet, parts, seed: int):

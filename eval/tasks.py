@@ -1,11 +1,15 @@
 """The benchmark task registry: name -> how to load the set, its species token and the published figure.
 
 ``pas-human`` ships in the repository's ``data/``. The other tasks read a copy of the project's public data
-collection (layout of ``shared/data``: genomes/, annotations/, pas/, tfbs/, promoter/; see its SOURCES.md),
-found at ``EvalConfig.data_root``, else ``$DNAFM_DATA_ROOT``, else ``../shared/data`` beside the repository.
+collection: a folder holding ``genomes/`` (GRCh37 chr20 ...), ``annotations/`` (hg19 tables as parquet),
+``pas/`` (DeepGSR, DeeReCT-PolyA), ``tfbs/`` (Zeng et al. 690 sets) and ``promoter/`` (DNABERT, CNNProm) in the
+layouts their readers document (``eval/readers.py``), found at ``EvalConfig.data_root``, else
+``$DNAFM_DATA_ROOT``, else ``../shared/data`` beside the repository.
 Builder tasks (tis-, splice-, prom300-, tf-human) cut their sets from GRCh37 chr20 and the hg19 annotation.
 ``splice-human`` has 3 classes (non-splice, donor, acceptor); the others have 2.
-Published figures are from SPEC.md, with the metric named; a set that is not the published one says so.
+Published figures are from the DNAGPT paper (Zhang et al. 2023, arXiv:2307.05628), the DNABERT paper (Ji et
+al. 2021, Bioinformatics btab083) and the DNABERT-2 paper's re-evaluation (Zhou et al. 2023, arXiv:2306.15006),
+with the metric named; a set that is not the published one says so.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from datapipe.common.errors import MissingError, UsageError
 from eval.datasets import REPO_DATA, LabelledSet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,28 +135,29 @@ TASKS: dict[str, Task] = {
             species_token="R",
             load=_pas_shipped,
             shipped=True,
-            published_note="DNAGPT-M: PAS(AATAAA) acc 91.51, PAS(all) 90.63; ATTAAA alone is not in SPEC.md",
+            published_note="DNAGPT-M (arXiv:2307.05628): PAS(AATAAA) acc 91.51, PAS(all) 90.63; the paper gives no "
+            "figure for ATTAAA alone",
         ),
         Task(
             name="pas-mouse",
             description="mouse PAS ATTAAA (DeepGSR)",
             species_token="S",
             load=_pas("mouse", "Mouse"),
-            published_note="no mouse PAS figure in SPEC.md",
+            published_note="the DNAGPT paper gives no mouse PAS figure",
         ),
         Task(
             name="pas-bovine",
             description="bovine PAS ATTAAA (DeepGSR)",
             species_token="V",
             load=_pas("bovine", "Bovine"),
-            published_note="no bovine PAS figure in SPEC.md",
+            published_note="the DNAGPT paper gives no bovine PAS figure",
         ),
         Task(
             name="pas-fruitfly",
             description="fruit fly PAS ATTAAA (DeepGSR)",
             species_token="O",
             load=_pas("fruitfly", "FruitFly"),
-            published_note="no fruit fly PAS figure in SPEC.md",
+            published_note="the DNAGPT paper gives no fruit fly PAS figure",
         ),
         Task(
             name="tis-human",
@@ -207,7 +213,7 @@ TASKS: dict[str, Task] = {
             description="mouse TATA promoters vs non-promoters, 251 bp (CNNProm)",
             species_token="S",
             load=_prom_mouse,
-            published_note="no figure in SPEC.md",
+            published_note="no published figure for this set in the DNAGPT or DNABERT papers",
         ),
     ]
 }
@@ -215,12 +221,12 @@ TASKS: dict[str, Task] = {
 
 def load_task(name: str, data_root: Path | None = None) -> tuple[Task, LabelledSet]:
     if name not in TASKS:
-        raise ValueError(f"unknown task '{name}'; available: {', '.join(TASKS)} (or pass --data FILE)")
+        raise UsageError(f"unknown task '{name}'; available: {', '.join(TASKS)} (or pass --data FILE)")
     task = TASKS[name]
     root = data_root or default_data_root()
     if not task.shipped and not root.is_dir():
-        raise FileNotFoundError(
+        raise MissingError(
             f"task {name} reads the public data collection, not found at {root}; pass "
-            "--set data_root=PATH (or set DNAFM_DATA_ROOT) to a copy of shared/data"
+            "--set data_root=PATH (or set DNAFM_DATA_ROOT) to a copy of the collection (README: Tasks)"
         )
     return task, task.load(root)

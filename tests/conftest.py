@@ -17,9 +17,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests use their own stores, never the user's server
-# Without a GPU, Triton kernels run in-process through Triton's CPU interpreter (STACK.md). Set before
-# anything imports triton: @triton.jit fixes interpreted-or-compiled when a kernel is defined. With a
-# GPU they compile, and tests/test_attention.py runs its cases on CUDA tensors instead.
+# Without a GPU, Triton kernels run in-process through Triton's CPU interpreter (Triton has no CPU
+# backend). Set before anything imports triton: @triton.jit fixes interpreted-or-compiled when a kernel
+# is defined. With a GPU they compile, and tests/test_attention.py runs its cases on CUDA tensors instead.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -56,6 +56,16 @@ def demo_run(tmp_path_factory) -> Path:
         )
     (out / "demo.stdout").write_text(proc.stdout)
     return out
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The public data collection ($DNAFM_DATA_ROOT, else ../shared/data); the test skips where it is absent."""
+    from tests.helpers import DATA_ROOT
+
+    if not DATA_ROOT.is_dir():
+        pytest.skip(f"public data collection not found at {DATA_ROOT} (set DNAFM_DATA_ROOT)")
+    return DATA_ROOT
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,60 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from datapipe.fasta import read_fasta
+from eval.tasks import default_data_root
 
 REPO = Path(__file__).resolve().parents[1]
+# The public data collection ($DNAFM_DATA_ROOT, else ../shared/data beside the repository): real genomes,
+# annotations and benchmark sets too large to ship in data/. Tests that read it skip where it is absent.
+DATA_ROOT = default_data_root()
+
+
+def needs_data(*parts: str) -> pytest.MarkDecorator:
+    """Skip the test unless these paths exist in the public data collection, saying which are missing."""
+    missing = [p for p in parts if not (DATA_ROOT / p).exists()]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"public data collection at {DATA_ROOT} lacks {missing} (set DNAFM_DATA_ROOT)"
+    )
+
+
+def torchrun(nproc: int, *args: str, wait: bool = True):
+    """`torchrun --standalone --nproc_per_node N -m cluster.cli pretrain ARGS` as a user runs it (one
+    thread per rank: 2 ranks share the 2 cores). ``wait=False`` returns the running launcher."""
+    from tests.conftest import user_env
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "cluster.cli",
+        "pretrain",
+        *args,
+    ]
+    env = user_env(OMP_NUM_THREADS="1")
+    if not wait:
+        return subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def run_eval_cli(checkpoint: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`dnafm eval --checkpoint CK --out OUT ARGS` in a fresh process; fails the test with its stderr."""
+    from tests.conftest import run_cli
+
+    proc = run_cli("eval", "--checkpoint", str(checkpoint), "--out", str(out), *args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 def chr20_shards(
@@ -80,8 +129,8 @@ def untrained_export(recipe: str, out: Path) -> Path:
     """A freshly initialised model of ``recipe`` in the export layout: for tests of the eval plumbing, where
     the score is not under test."""
     from datapipe.tokenizers import get_tokenizer
-    from trainer.checkpoint import export_model
     from trainer.families import bare_model
+    from trainer.models.export import export_model
     from trainer.recipes import get_recipe
 
     cfg = get_recipe(recipe)

@@ -254,7 +254,7 @@ kernels.fused_attention(q, q, q, causal=False, key_padding_mask=torch.ones(1, 9,
 @pytest.mark.skipif(HAS_GPU, reason="CPU interpreter case; on a GPU the model runs on CPU through torch")
 def test_dnagpt_runs_through_the_kernel(caplog, monkeypatch):
     """DNAGPT (head_dim 32) forward and backward through the interpreted kernel == the torch path."""
-    from trainer.gpt import DNAGPT, GPTConfig
+    from trainer.models.gpt import DNAGPT, GPTConfig
 
     torch.manual_seed(0)
     model = DNAGPT(GPTConfig(vocab_size=64, max_seq_len=32, n_layer=2, n_head=2, d_model=64))

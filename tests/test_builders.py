@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,13 +30,11 @@ from eval.builders import (
     tis_windows,
     to_labelled_set,
 )
+from tests.helpers import DATA_ROOT, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GENOME = DATA / "genomes" / "GRCh37_chr20.fa.gz"
-ANN = DATA / "annotations"
-needs_data = pytest.mark.skipif(
-    not (GENOME.is_file() and ANN.is_dir()), reason=f"real data not found at {DATA} (see SOURCES.md)"
-)
+GENOME = DATA_ROOT / "genomes" / "GRCh37_chr20.fa.gz"
+ANN = DATA_ROOT / "annotations"
+needs_chr20 = needs_data("genomes/GRCh37_chr20.fa.gz", "annotations")
 
 _RC = bytes.maketrans(b"ACGTN", b"TGCAN")
 
@@ -81,7 +78,7 @@ def splice(chr20, ann) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------- TIS
 
 
-@needs_data
+@needs_chr20
 def test_tis_positives_are_the_annotated_start_codons_with_atg_at_301_303(chr20, ann, tis):
     data = to_labelled_set(chr20, tis, name="tis")
     assert all(len(s) == 603 for s in data.sequences)
@@ -100,7 +97,7 @@ def test_tis_positives_are_the_annotated_start_codons_with_atg_at_301_303(chr20,
         assert genomic(chr20, row) == data.sequences[row.Index]
 
 
-@needs_data
+@needs_chr20
 def test_tis_negatives_are_unannotated_atgs_balanced_per_strand(chr20, ann, tis):
     pos, neg = tis[tis["label"] == 1], tis[tis["label"] == 0]
     assert pos.groupby("strand").size().to_dict() == neg.groupby("strand").size().to_dict()
@@ -113,7 +110,7 @@ def test_tis_negatives_are_unannotated_atgs_balanced_per_strand(chr20, ann, tis)
     assert all("N" not in s for s in data.sequences)
 
 
-@needs_data
+@needs_chr20
 def test_tis_is_deterministic_and_max_examples_caps(chr20, ann, tis):
     again = tis_windows(chr20, ann["start_codons"], seed=0)
     pd.testing.assert_frame_equal(tis, again)
@@ -128,7 +125,7 @@ def test_tis_is_deterministic_and_max_examples_caps(chr20, ann, tis):
 # ---------------------------------------------------------------------------------------------- splice
 
 
-@needs_data
+@needs_chr20
 def test_splice_sites_are_canonical_at_the_right_positions(chr20, splice):
     data = to_labelled_set(chr20, splice, name="splice")
     labels = data.labels
@@ -146,7 +143,7 @@ def test_splice_sites_are_canonical_at_the_right_positions(chr20, splice):
     assert all(len(s) == 400 and "N" not in s for s in data.sequences)
 
 
-@needs_data
+@needs_chr20
 def test_splice_boundaries_map_exactly_to_the_exon_table(chr20, ann, splice):
     ex = raw("exons")
     tx = raw("transcripts")
@@ -171,7 +168,7 @@ def test_splice_boundaries_map_exactly_to_the_exon_table(chr20, ann, splice):
         assert genomic(chr20, row) == to_labelled_set(chr20, splice.loc[[row.Index]], name="x").sequences[0]
 
 
-@needs_data
+@needs_chr20
 def test_splice_is_deterministic_configurable_and_balanced(chr20, ann, splice):
     again = splice_windows(chr20, ann["exons"], ann["transcripts"], seed=0, max_examples=6000)
     pd.testing.assert_frame_equal(splice, again)
@@ -188,7 +185,7 @@ def test_splice_is_deterministic_configurable_and_balanced(chr20, ann, splice):
 # ------------------------------------------------------------------------------------------- Prom-300
 
 
-@needs_data
+@needs_chr20
 def test_prom300_tss_at_position_250_on_the_genes_strand(chr20, ann):
     table = promoter_windows(chr20, ann["tss"], avoid=ann["transcripts"], seed=0)
     data = to_labelled_set(chr20, table, name="prom")
@@ -225,7 +222,7 @@ def test_prom300_tss_at_position_250_on_the_genes_strand(chr20, ann):
 # ------------------------------------------------------------------------------------------- TF sites
 
 
-@needs_data
+@needs_chr20
 def test_tf_windows_are_101_bp_centred_and_negatives_are_dinucleotide_shuffles(chr20, ann):
     sites = ann["Top1000sites_TF"]
     table = tf_windows(chr20, sites, tf="ZNF329")

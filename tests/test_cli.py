@@ -86,3 +86,28 @@ def test_bad_arguments_give_one_clear_error(args, words, tmp_path):
     assert words in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "X").exists()
+
+
+def test_dnabert_prepare_needs_no_species(tmp_path):
+    """DNABERT samples carry no species token: the species defaults to 'unspecified' (metadata only), while a
+    DNAGPT prepare still asks for it."""
+    proc = run_cli("prepare", GENOME, "--tokenizer", "dnabert-6", "--out", str(tmp_path / "o"), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    (spec,) = json.loads(proc.stdout)["inputs"]
+    assert spec["species"] == "unspecified" and spec["token"] == ""
+    proc = run_cli("prepare", GENOME, "--out", str(tmp_path / "o"), "--dry-run")
+    assert proc.returncode == 1 and "--species is required" in proc.stderr
+
+
+def test_an_internal_error_shows_its_traceback_and_says_it_is_a_bug(monkeypatch, capsys):
+    """Only expected errors (bad input, a wrong value) are one line; a programming error keeps its traceback."""
+    from cluster import cli
+    from eval import cli as eval_cli
+
+    def broken(args):
+        return {}["no such key"]  # a KeyError no user input could cause
+
+    monkeypatch.setattr(eval_cli, "run", broken)
+    assert cli.main(["eval", "--tasks", "pas-human"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'no such key'" in err and "this is a bug in dnafm" in err

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from datapipe.config import ConfigError
+from datapipe.common.config import ConfigError
 from datapipe.prepare import PrepareConfig
 from trainer.families import count_params
 from trainer.recipes import RECIPES, get_recipe

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from datapipe.shards import verify
-from trainer.checkpoint import load_export
+from datapipe.shards.manifest import verify
+from trainer.models.export import load_export
 
 pytestmark = pytest.mark.slow
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from datapipe.masking import MaskingConfig, span_mask
-from datapipe.shards import Sample
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import get_tokenizer
-from trainer.bert import DNABERT, BertConfig
 from trainer.bert_samples import IGNORE, BertSampleBuilder
+from trainer.masking import MaskingConfig, span_mask
+from trainer.models.bert import DNABERT, BertConfig
 
 
 @pytest.mark.parametrize("k", [3, 4, 5, 6])
@@ -118,7 +118,7 @@ def test_padding_does_not_change_real_tokens():
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_hugging_face_round_trip(tmp_path, fmt):
     transformers = pytest.importorskip("transformers")
-    from trainer.hf_bert import load_hf_bert, save_hf_bert
+    from trainer.models.hf_bert import load_hf_bert, save_hf_bert
 
     torch.manual_seed(0)
     hf_cfg = transformers.BertConfig(
@@ -168,8 +168,7 @@ def test_two_rank_dnabert_run_resumes_exactly(tmp_path):
     """tiny-dnabert on 2 CPU ranks (torchrun, ZeRO-1); resuming from the step-3 checkpoint reproduces steps 4-6."""
     import json
 
-    from tests.helpers import chr20_shards, curve, run_cut_at
-    from tests.test_pretrain_dist import torchrun
+    from tests.helpers import chr20_shards, curve, run_cut_at, torchrun
 
     data = chr20_shards(tmp_path / "data", bases=150_000, window_tokens=100, tokenizer="dnabert-6")
     args = [

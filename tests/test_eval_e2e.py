@@ -9,28 +9,16 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
-from tests.helpers import PROBE_ONE_EPOCH, untrained_export
+from tests.helpers import PROBE_ONE_EPOCH, needs_data, run_eval_cli, untrained_export
 
 pytestmark = pytest.mark.slow
+QUICK_PROBE = [*PROBE_ONE_EPOCH, "--set", "finetune.max_train_samples=200"]
 
 
 def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     untrained_export("tiny-dnabert", tmp_path / "ckpt")  # the plumbing is under test, not the score
     out = tmp_path / "eval"
-    proc = run_cli(
-        "eval",
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--out",
-        str(out),
-        "--tasks",
-        "pas-human",
-        *PROBE_ONE_EPOCH,
-        "--set",
-        "finetune.max_train_samples=200",
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_eval_cli(tmp_path / "ckpt", out, "--tasks", "pas-human", *QUICK_PROBE)
     row = json.loads((out / "pas-human.json").read_text())
     assert row["n_test"] == 1508 and 0 <= row["auroc"] <= 1
     assert (out / "pas-human_confusion.png").stat().st_size > 1000 and (out / "pas-human_roc.png").exists()
@@ -48,26 +36,11 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     }
 
 
+@needs_data("genomes/GRCh37_chr20.fa.gz", "annotations/exons.parquet")
 def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
-    from eval.tasks import default_data_root
-
-    if not default_data_root().is_dir():
-        pytest.skip(f"public data collection not at {default_data_root()}")
     untrained_export("tiny-dnagpt", tmp_path / "ckpt")  # the plumbing is under test, not the score
     out = tmp_path / "eval"
-    proc = run_cli(
-        "eval",
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--out",
-        str(out),
-        "--tasks",
-        "splice-human",
-        *PROBE_ONE_EPOCH,
-        "--set",
-        "finetune.max_train_samples=200",
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_eval_cli(tmp_path / "ckpt", out, "--tasks", "splice-human", *QUICK_PROBE)
     row = json.loads((out / "splice-human.json").read_text())
     assert row["n_classes"] == 3 and row["classes"] == ["non-splice", "donor", "acceptor"]
     assert row["averaging"] == "macro over 3 classes; AUROC one-vs-rest" and row["n_test"] == 1500

@@ -15,15 +15,13 @@ import pytest
 
 from cluster.cli import main
 from eval.annotations import AnnotationFormatError, read_hg19_table
-from eval.tasks import default_data_root
 from eval.user_tasks import build_user_task, read_user_data
 from tests.conftest import run_cli
+from tests.helpers import DATA_ROOT, needs_data
 
-ROOT = default_data_root()
+ROOT = DATA_ROOT
 GENOME = ROOT / "genomes/GRCh37_chr20.fa.gz"
-needs_chr20 = pytest.mark.skipif(
-    not GENOME.is_file(), reason=f"GRCh37 chr20 not in the data collection at {ROOT}"
-)
+needs_chr20 = needs_data("genomes/GRCh37_chr20.fa.gz", "annotations")
 N_GENES = 8
 _RC = str.maketrans("ACGTN", "TGCAN")
 
@@ -327,7 +325,7 @@ def test_cli_build_dry_run_shows_the_resolved_build(small, capsys):
 def test_eval_build_tis_end_to_end(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tests.helpers import PROBE_ONE_EPOCH, untrained_export
+    from tests.helpers import PROBE_ONE_EPOCH, run_eval_cli, untrained_export
 
     codons = read_hg19_table(ROOT / "annotations/start_codons.parquet", chrom="chr20")
     bed = tmp_path / "start_codons.bed"
@@ -336,23 +334,8 @@ def test_eval_build_tis_end_to_end(tmp_path):
     )
     untrained_export("tiny-dnagpt", tmp_path / "ckpt")
     out = tmp_path / "eval"
-    proc = run_cli(
-        "eval",
-        "--checkpoint",
-        str(tmp_path / "ckpt"),
-        "--out",
-        str(out),
-        "--build",
-        "tis",
-        "--genome",
-        str(GENOME),
-        "--annotation",
-        str(bed),
-        "--max-examples",
-        "400",
-        *PROBE_ONE_EPOCH,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    build = ["--build", "tis", "--genome", str(GENOME), "--annotation", str(bed), "--max-examples", "400"]
+    run_eval_cli(tmp_path / "ckpt", out, *build, *PROBE_ONE_EPOCH)
     row = json.loads((out / "tis-start_codons.json").read_text())
     assert row["n_test"] == 100 and row["n_classes"] == 2 and row["averaging"].startswith("binary")
     assert row["source"] == f"tis built from {GENOME.resolve()} + {bed.resolve()}, at most 400 examples"

@@ -18,8 +18,9 @@ from datapipe.fasta import (
     open_maybe_compressed,
     read_fasta,
 )
+from tests.helpers import DATA_ROOT, needs_data
 
-GENOMES = Path("/work/shared/data/genomes")
+GENOMES = DATA_ROOT / "genomes"
 KINDS = ["plain", "gzip", "bgzip"]
 
 
@@ -272,16 +273,14 @@ def test_error_pickles() -> None:
     assert (str(err), err.path, err.line) == ("g.fa:3: bad; fix", "g.fa", 3)
 
 
-@pytest.mark.skipif(not (GENOMES / "Ecoli_K12_MG1655.fasta.gz").exists(), reason="E. coli genome not present")
+@needs_data("genomes/Ecoli_K12_MG1655.fasta.gz")
 def test_real_ecoli() -> None:
     (rec,) = read_fasta(GENOMES / "Ecoli_K12_MG1655.fasta.gz", soft_mask="mask")
     assert (rec.name, len(rec.seq), rec.line) == ("K-12-MG1655", 4_639_675, 1)
     assert set(np.unique(rec.seq).tobytes()) == set(b"ACGT") and not rec.mask.any()
 
 
-@pytest.mark.skipif(
-    not (GENOMES / "Pfalciparum_genome_MAL1-14.fa.gz").exists(), reason="P. falciparum absent"
-)
+@needs_data("genomes/Pfalciparum_genome_MAL1-14.fa.gz")
 def test_real_pfalciparum_summary() -> None:
     # Reference lengths from `zcat | awk` (header lines excluded, whitespace removed).
     lengths = [643380, 947102, 1060087, 1204112, 1343552, 1418244, 1501717, 1419563, 1541723, 1687655,

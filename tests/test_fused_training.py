@@ -13,7 +13,7 @@ import torch
 
 import kernels
 import kernels.dispatch
-from datapipe.shards import Sample
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import TOKENIZER_NAMES, get_tokenizer
 from tests.conftest import run_cli
 from tests.helpers import chr20_shards, curve, tiny_gpt_args

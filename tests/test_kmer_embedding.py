@@ -18,13 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datapipe.masking import MaskingConfig
-from datapipe.shards import Sample
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import TOKENIZER_NAMES, get_tokenizer
 from kernels import kmer_embedding, kmer_embedding_ref, kmer_ids, kmer_ids_ref
 from kernels.kmer_embedding import kmer_tables
 from tests.conftest import REPO
 from tests.helpers import kernel_log
+from trainer.masking import MaskingConfig
 
 HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_GPU else "cpu"

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from datapipe.common.errors import ShardError
 from datapipe.io import Storage
 from datapipe.loader import LoaderConfig, SampleOrder, ShardLoader
-from datapipe.shards import FORMAT_VERSION, ShardError, ShardWriter
+from datapipe.shards.manifest import FORMAT_VERSION
+from datapipe.shards.writer import UnitWriter
 from datapipe.windows import Rows
 
 SIZES = [5, 13, 1, 20, 8, 17, 3, 9, 7, 13]  # 96 samples in shards of irregular sizes
@@ -24,7 +26,7 @@ def build(folder, sizes=SIZES):
     storage.makedirs("shards")
     entries, first = [], 0
     for u, n in enumerate(sizes):
-        writer = ShardWriter(storage, f"f0000-u{u:06d}", max_samples=1000, fsync=False)
+        writer = UnitWriter(storage, f"f0000-u{u:06d}", max_samples=1000, fsync=False)
         ids = [np.arange(i, i + 3 + i % 4, dtype="<u2").tobytes() for i in range(first, first + n)]
         rows = Rows(
             list(range(first, first + n)),

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from datapipe.shards import Sample
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import get_tokenizer
-from trainer.gpt import DNAGPT, GPTConfig
 from trainer.losses import dnagpt_pretrain_loss
+from trainer.models.gpt import DNAGPT, GPTConfig
 from trainer.samples import IGNORE, TEMPLATE_TOKENS, GptSampleBuilder, gpt_targets
 
 TOK = get_tokenizer("dnagpt-6mer")

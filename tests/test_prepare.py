@@ -25,13 +25,15 @@ from datapipe.fasta import FastaFormatError, read_fasta
 from datapipe.io import bgzf_compress
 from datapipe.maf import MafFormatError
 from datapipe.prepare import InputSpec, PrepareConfig, run_prepare
-from datapipe.shards import iter_shard, read_manifest, verify
+from datapipe.shards.manifest import read_manifest, verify
+from datapipe.shards.reader import iter_shard
 from datapipe.tokenizers import get_tokenizer
 from tests.conftest import REPO, run_cli
+from tests.helpers import DATA_ROOT, needs_data
 
 pytestmark = pytest.mark.slow
 
-SHARED = Path("/work/shared/data/genomes")
+SHARED = DATA_ROOT / "genomes"
 CHR20_SLICE = REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz"  # plain gzip, 2 Mb
 ECOLI = REPO / "data/genomes/ecoli_k12_mg1655.fa.gz"  # plain gzip, 4.6 Mb
 MAF = SHARED / "chr22_subset_human_chimp_gorilla_orangutan.maf.gz"
@@ -44,7 +46,7 @@ def ray_address(ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def genomes(tmp_path_factory) -> dict[str, Path]:
+def genomes(tmp_path_factory, data_root) -> dict[str, Path]:
     """Real sequence in each encoding prepare reads: bgzip, plain gzip, plain text (several records,
     soft-masked bases), and a MAF slice (the first 400 blocks of the chr22 ape alignment)."""
     d = tmp_path_factory.mktemp("genomes")
@@ -173,6 +175,7 @@ def _busy_ray_workers(name: str) -> list:
     return found
 
 
+@needs_data("genomes/GRCh37_chr20.fa.gz")
 def test_killed_driver_then_rerun_gives_the_uninterrupted_output(ray_address, tmp_path):
     chr20 = str(SHARED / "GRCh37_chr20.fa.gz")  # bgzip, 63 Mb: long enough to be killed mid-run
     args = [
@@ -221,6 +224,7 @@ def test_killed_driver_then_rerun_gives_the_uninterrupted_output(ray_address, tm
     assert not list(out.rglob("*.tmp-*"))
 
 
+@needs_data("genomes/GRCh37_chr20.fa.gz")
 def test_a_killed_worker_is_retried_by_ray(ray_address, genomes, tmp_path):
     chr20 = str(SHARED / "GRCh37_chr20.fa.gz")
     cfg = PrepareConfig(window_tokens=508, region_bp=8_000_000)  # ~30 units of ~0.1 s

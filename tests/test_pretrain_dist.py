@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,32 +12,10 @@ import psutil
 import pytest
 import torch
 
-from tests.conftest import REPO, user_env
-from tests.helpers import chr20_shards, curve, run_cut_at, tiny_gpt_args
+from tests.helpers import chr20_shards, curve, run_cut_at, tiny_gpt_args, torchrun
 
 pytestmark = pytest.mark.slow
 COMMON = tiny_gpt_args(num_workers=1)
-
-
-def torchrun(nproc: int, *args: str, wait: bool = True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "cluster.cli",
-        "pretrain",
-        *args,
-    ]
-    env = user_env(OMP_NUM_THREADS="1")
-    if not wait:
-        return subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +135,8 @@ def test_nan_guard_skips_then_stops_with_a_checkpoint(data, tmp_path):
     bad = tmp_path / "bad"
     import shutil
 
-    from datapipe.shards import iter_shard, write_shard
+    from datapipe.shards.reader import iter_shard
+    from datapipe.shards.writer import write_shard
 
     shutil.copytree(data, bad)
     manifest = json.loads((bad / "manifest.json").read_text())

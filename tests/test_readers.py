@@ -1,6 +1,6 @@
 """Task-file readers (eval.readers) on every shipped format, and annotation readers (eval.annotations).
 
-Counts are the ones SOURCES.md records for each file; malformed inputs must give one error naming the
+Counts are those each file's public source publishes (see the reader docstrings); malformed inputs must give one error naming the
 file and the line.
 """
 
@@ -39,9 +39,10 @@ from eval.readers import (
     read_zeng,
     write_labelled_fasta,
 )
+from tests.helpers import DATA_ROOT, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA} (see SOURCES.md)")
+DATA = DATA_ROOT
+needs_collection = needs_data("pas", "tfbs", "promoter", "annotations")
 
 
 def counts(data: LabelledSet) -> tuple[int, int]:
@@ -66,7 +67,7 @@ def raises_at(exc_type, path: Path, line: int | None, match: str = ""):
 # ------------------------------------------------------------------------------------------ real files
 
 
-@needs_data
+@needs_collection
 @pytest.mark.parametrize(
     "species, n", [("Human", 3016), ("Mouse", 2447), ("Bovine", 1604), ("FruitFly", 3510)]
 )
@@ -77,7 +78,7 @@ def test_deepgsr_attaaa_all_species(species, n):
     assert {s[300:306] for s in data.sequences} == {"ATTAAA"}  # 1-based 301-306, true and pseudo sites
 
 
-@needs_data
+@needs_collection
 @pytest.mark.parametrize(
     "folder, n",
     [
@@ -94,7 +95,7 @@ def test_deerect_polya_folders(folder, n):
     assert all(set(s) <= set("ACGTN") for s in data.sequences)
 
 
-@needs_data
+@needs_collection
 def test_deerect_polya_selects_hexamers_and_folds():
     one = read_deerect_polya(DATA / "pas/deerect_polya/human/omni_polyA_data", hexamers=["AATAAA"])
     assert counts(one)[0] == 12155 and {s[100:106] for s in one.sequences} == {"AATAAA"}
@@ -104,7 +105,7 @@ def test_deerect_polya_selects_hexamers_and_folds():
     assert sum(counts(f)[0] for f in folds) == 7370
 
 
-@needs_data
+@needs_collection
 @pytest.mark.parametrize(
     "experiment, part, pos, neg",
     [
@@ -121,7 +122,7 @@ def test_zeng_stat3_sets(experiment, part, pos, neg):
     assert {len(s) for s in data.sequences} == {101}
 
 
-@needs_data
+@needs_collection
 @pytest.mark.parametrize(
     "name, rows, pos, length", [("ft_6_dev", 1000, 500, 101), ("ft_prom-core_6_dev", 5919, 2915, 70)]
 )
@@ -136,7 +137,7 @@ def test_dnabert_tsv_rebuilds_bases_that_give_back_the_file_kmers(name, rows, po
         assert [seq[i : i + 6] for i in range(len(seq) - 5)] == line.split()[:-1]
 
 
-@needs_data
+@needs_collection
 @pytest.mark.parametrize(
     "pos_files, neg_file, n_pos, n_neg, length",
     [
@@ -153,14 +154,14 @@ def test_cnnprom_sets(pos_files, neg_file, n_pos, n_neg, length):
     assert counts(data) == (n_pos, n_neg) and {len(s) for s in data.sequences} == {length}
 
 
-@needs_data
+@needs_collection
 def test_cnnprom_refuses_mixed_organisms():
     folder = DATA / "promoter/cnnpromoter"
     with raises_at(DataFormatError, folder / "Mouse_nonprom.fa.gz", 1, "81 bp"):
         read_cnnprom(folder / "Ecoli_prom.fa.gz", folder / "Mouse_nonprom.fa.gz")
 
 
-@needs_data
+@needs_collection
 def test_hg19_tables_convert_to_zero_based_half_open():
     ann = DATA / "annotations"
     exons = read_hg19_table(ann / "exons.parquet", chrom="20")  # '20' selects 'chr20' rows

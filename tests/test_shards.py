@@ -10,20 +10,13 @@ import tarfile
 import numpy as np
 import pytest
 
+from datapipe.common.errors import ShardError
 from datapipe.io import Storage
 from datapipe.prepare import InputSpec, PrepareConfig
-from datapipe.shards import (
-    Sample,
-    ShardError,
-    ShardWriter,
-    decode_sample,
-    iter_shard,
-    load_npy,
-    read_index,
-    scan_offsets,
-    verify,
-    write_shard,
-)
+from datapipe.shards.format import Sample, load_npy
+from datapipe.shards.manifest import verify
+from datapipe.shards.reader import decode_sample, iter_shard, read_index, scan_offsets
+from datapipe.shards.writer import UnitWriter, write_shard
 from datapipe.tokenizers import get_tokenizer
 from datapipe.windows import WindowMaker
 
@@ -153,7 +146,7 @@ def test_shards_are_byte_reproducible_and_indexed(tmp_path):
 def test_writer_splits_units_into_shards(tmp_path):
     from datapipe.windows import Rows
 
-    writer = ShardWriter(Storage(tmp_path), "f0002-u000005", max_samples=4, fsync=True)
+    writer = UnitWriter(Storage(tmp_path), "f0002-u000005", max_samples=4, fsync=True)
     (tmp_path / "shards").mkdir()
     ids = np.arange(5, dtype="<u2").tobytes()
     rows = Rows(list(range(10)), list(range(1, 11)), ["+"] * 10, [0.5] * 10, [0.0] * 10, [ids] * 10, [5] * 10)

@@ -18,8 +18,9 @@ from datapipe.tokenizers import (
     get_tokenizer,
     load_tokenizer,
 )
+from tests.helpers import DATA_ROOT
 
-SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "vocab"
+SHARED_VOCAB = DATA_ROOT / "vocab"
 SHIPPED_VOCAB = Path(tokenizers.__file__).parent / "vocab"
 VOCAB_SHA256 = {  # DNABERT's files (jerryji1993/DNABERT @ b6da04e), recorded when they were copied in
     3: "868b0b1ca9c6dfe72771d7c98b406c21ab712d70b0df65216a19868149934b7d",

@@ -7,7 +7,7 @@ import socket
 
 from mlflow.tracking import MlflowClient
 
-from datapipe.tracking import MlflowTracker, NullTracker, start_tracker
+from datapipe.common.tracking import MlflowTracker, NullTracker, start_tracker
 
 
 def test_sqlite_store_gets_params_metrics_tags_and_nesting(tmp_path):

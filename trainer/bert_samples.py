@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from datapipe.masking import MaskingConfig, apply_replacement, span_mask
-from datapipe.shards import Sample
+from datapipe.common.errors import UsageError
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import Tokenizer
+from trainer.masking import MaskingConfig, apply_replacement, span_mask
 
 IGNORE = -100
 
@@ -36,7 +37,7 @@ class BertSampleBuilder:
         for s in samples:
             ids = s.ids.astype(np.int64)
             if len(ids) + 2 > self.max_seq_len:
-                raise ValueError(
+                raise UsageError(
                     f"sample {s.key} has {len(ids)} k-mers; with [CLS] and [SEP] it exceeds "
                     f"max_seq_len={self.max_seq_len}: prepare shorter pieces"
                 )

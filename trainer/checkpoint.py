@@ -1,4 +1,5 @@
-"""Checkpoints (DeepSpeed, resumable, atomic) and exports (consolidated safetensors).
+"""Checkpoints (DeepSpeed, resumable, atomic), and their consolidation into an export
+(``trainer.models.export`` holds the export layout and its reader).
 
 Checkpoint layout (``OUT/checkpoints``)::
 
@@ -10,19 +11,12 @@ Checkpoint layout (``OUT/checkpoints``)::
     step0000300_universal/     made on demand when resuming at another world size
 
 A crash during a save therefore leaves ``latest`` on the previous complete checkpoint.
-
-Export layout (``OUT/final`` or ``dnafm export --out``)::
-
-    model.safetensors   the bare model's state dict (DNAGPT or DNABERT; fp32 unless asked otherwise)
-    config.json         the resolved PretrainConfig of the run
-    tokenizer/          the tokenizer, as datapipe.tokenizers.load_tokenizer reads it
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -32,15 +26,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from datapipe.common.errors import MissingError
+from datapipe.common.files import atomic_dir, write_atomic
+
 log = logging.getLogger(__name__)
 STATE_FILE = "dnafm_state.json"
 COMPLETE = "COMPLETE"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def save_checkpoint(engine: Any, ckpt_dir: Path, *, step: int, state: dict[str, Any]) -> str:
@@ -55,9 +46,9 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, *, step: int, state: dict[str, 
     torch.save(rng, folder / f"rng_rank{rank}.pt")
     dist.barrier()  # every rank's shard is on disk
     if rank == 0:
-        _write_atomic(folder / STATE_FILE, json.dumps({**state, "step": step, "tag": tag}, indent=2) + "\n")
-        _write_atomic(folder / COMPLETE, "")
-        _write_atomic(ckpt_dir / "latest", tag)
+        write_atomic(folder / STATE_FILE, json.dumps({**state, "step": step, "tag": tag}, indent=2) + "\n")
+        write_atomic(folder / COMPLETE, "")
+        write_atomic(ckpt_dir / "latest", tag)
     dist.barrier()
     log.info("checkpoint saved: %s", folder)
     return tag
@@ -70,7 +61,7 @@ def latest_tag(ckpt_dir: Path) -> str | None:
         return None
     tag = path.read_text().strip()
     if not (ckpt_dir / tag / COMPLETE).exists():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{path} names {tag}, which is not a complete checkpoint; "
             "delete the folder's 'latest' file or restore the checkpoint"
         )
@@ -86,29 +77,26 @@ def universal_tag_for(ckpt_dir: Path, tag: str) -> str:
     out_tag = f"{tag}_universal"
     out = ckpt_dir / out_tag
     if dist.get_rank() == 0 and not (out / COMPLETE).exists():
-        tmp = ckpt_dir / f"{out_tag}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
         log.info("world size changed: converting %s to a universal checkpoint", ckpt_dir / tag)
-        # --inject_missing_state: ZeRO-1/2 checkpoints lack fields the converter expects (STACK.md).
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.checkpoint.ds_to_universal",
-            "--input_folder",
-            str(ckpt_dir / tag),
-            "--output_folder",
-            str(tmp),
-            "--inject_missing_state",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
-            )
-        shutil.copy(ckpt_dir / tag / STATE_FILE, tmp / STATE_FILE)  # our state travels with the weights
-        (tmp / COMPLETE).write_text("")
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            # --inject_missing_state: ZeRO-1/2 checkpoints lack fields the converter expects.
+            cmd = [
+                sys.executable,
+                "-m",
+                "deepspeed.checkpoint.ds_to_universal",
+                "--input_folder",
+                str(ckpt_dir / tag),
+                "--output_folder",
+                str(tmp),
+                "--inject_missing_state",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(
+                    f"converting {ckpt_dir / tag} to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
+                )
+            shutil.copy(ckpt_dir / tag / STATE_FILE, tmp / STATE_FILE)  # our state travels with the weights
+            (tmp / COMPLETE).write_text("")
     dist.barrier()
     return out_tag
 
@@ -125,30 +113,6 @@ def restore_rng(ckpt_dir: Path, tag: str, rank: int) -> bool:
     return True
 
 
-def export_model(
-    state_dict: dict[str, torch.Tensor],
-    out_dir: Path,
-    *,
-    config: dict[str, Any],
-    tokenizer: Any,
-    dtype: torch.dtype = torch.float32,
-) -> Path:
-    """Write model.safetensors + config.json + tokenizer/ into out_dir atomically (temp dir, then rename)."""
-    from safetensors.torch import save_file
-
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", "producer": "dnafm"})
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tokenizer.save(tmp / "tokenizer")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
 def export_checkpoint(
     run_dir: Path, out_dir: Path, *, tag: str | None = None, dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -160,13 +124,14 @@ def export_checkpoint(
     ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").exists() else run_dir
     tag = tag or latest_tag(ckpt_dir)
     if tag is None or not (ckpt_dir / tag).exists():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{ckpt_dir}: no checkpoint{' ' + tag if tag else ''} to export; "
             "pass the --out folder of `dnafm pretrain`"
         )
     state = read_state(ckpt_dir, tag)
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
     from trainer.families import FAMILIES
+    from trainer.models.export import export_model
 
     inner = FAMILIES[state["config"].get("family", "dnagpt")].inner
     weights = {k.removeprefix(f"{inner}."): v for k, v in full.items()}
@@ -177,36 +142,3 @@ def export_checkpoint(
         tokenizer=get_tokenizer(state["config"]["tokenizer"]),
         dtype=dtype,
     )
-
-
-def find_export(path: str | Path) -> Path:
-    """Accept an export folder or a pretraining run folder (uses its ``final/``)."""
-    path = Path(path)
-    for cand in (path, path / "final"):
-        if (cand / "model.safetensors").exists() and (cand / "config.json").exists():
-            return cand
-    raise FileNotFoundError(
-        f"{path}: no model.safetensors + config.json here or in {path / 'final'}; "
-        "pass the --out folder of `dnafm pretrain` or an export folder"
-    )
-
-
-def load_export(path: str | Path):
-    """-> (bare model in eval mode on CPU, PretrainConfig, tokenizer). Reads no pickle."""
-    from safetensors.torch import load_file
-
-    from datapipe.tokenizers import load_tokenizer
-    from trainer.config import PretrainConfig
-    from trainer.families import bare_model
-
-    folder = find_export(path)
-    cfg = PretrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
-    model = bare_model(cfg)
-    state = {k: v.float() for k, v in load_file(str(folder / "model.safetensors")).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder / 'model.safetensors'} does not fit the model in config.json: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    return model.eval(), cfg, load_tokenizer(folder / "tokenizer")

@@ -9,12 +9,25 @@ import shutil
 import sys
 from pathlib import Path
 
+from datapipe.common.cliargs import command_parser, flag_overrides
+from datapipe.common.errors import UsageError
 from trainer.recipes import RECIPES, get_recipe
+
+# Flags that set config fields (the rest of the flags choose what to run).
+FLAG_FIELDS = {
+    "steps": "train.steps",
+    "zero_stage": "train.zero_stage",
+    "no_mlflow": "tracking.enabled=false",
+    "skip_bad_shards": "loader.skip_bad_shards=true",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = command_parser(
+        sub,
         "pretrain",
+        set_example="optim.lr=3e-4",
+        dry_run="print the resolved config and parameter count, then exit",
         help="pretrain a DNAGPT model on prepared shards (DeepSpeed)",
         description="Pretrain DNAGPT from a named recipe on shards written by `dnafm prepare`. "
         "Runs as one process, under `deepspeed`, or under `torchrun`; --nproc-per-node N starts "
@@ -30,14 +43,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--zero-stage", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage (train.zero_stage)"
     )
     p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a config field, e.g. --set optim.lr=3e-4 (repeatable)",
-    )
-    p.add_argument(
         "--resume",
         action="store_true",
         help="continue from the latest checkpoint in --out (at any world size); fresh start if none",
@@ -48,12 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--nproc-per-node", type=int, help="start the deepspeed launcher with this many local ranks"
     )
-    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument(
         "--show-sample", action="store_true", help="print one pretraining sample token by token and exit"
-    )
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the resolved config and parameter count, then exit"
     )
     # The deepspeed.add_config_arguments() route: a ds.json whose keys win over the recipe's.
     p.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
@@ -69,8 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # set by the deepspeed launcher
     p.set_defaults(func=run)
 
-    e = sub.add_parser(
+    e = command_parser(
+        sub,
         "export",
+        set_example=None,
+        mlflow=False,
+        dry_run="print what would be exported and exit",
         help="write consolidated safetensors weights from a pretraining checkpoint",
         description="Consolidate a (ZeRO-sharded) checkpoint into model.safetensors + config.json + "
         "tokenizer/, in one process, no GPU needed.",
@@ -86,27 +91,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face BertForMaskedLM folder "
         "(DNABERT runs only)",
     )
-    e.add_argument("--dry-run", action="store_true", help="print what would be exported and exit")
     e.set_defaults(func=run_export)
 
 
 def resolve(args: argparse.Namespace):
     cfg = get_recipe(args.recipe)
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.zero_stage is not None:
-        overrides.append(f"train.zero_stage={args.zero_stage}")
-    if args.no_mlflow:
-        overrides.append("tracking.enabled=false")
-    if args.skip_bad_shards:
-        overrides.append("loader.skip_bad_shards=true")
+    overrides = flag_overrides(args, FLAG_FIELDS)
     user_ds = None
     if args.deepspeed_config:
         try:
             user_ds = json.loads(args.deepspeed_config.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--deepspeed_config {args.deepspeed_config}: {err}") from err
+            raise UsageError(f"--deepspeed_config {args.deepspeed_config}: {err}") from err
         # Keep the loader and the schedule in step with the batch sizes the ds.json sets.
         if "train_micro_batch_size_per_gpu" in user_ds:
             overrides.append(f"loader.micro_batch_size={user_ds['train_micro_batch_size_per_gpu']}")
@@ -150,7 +146,7 @@ def _launch_local_ranks(n: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
+    from datapipe.common.logs import setup_logging
 
     setup_logging()
     cfg, user_ds = resolve(args)
@@ -167,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"# parameters: {n:,} ({n / 1e9:.2f}B)")
         return 0
     if args.data is None or args.out is None:
-        raise ValueError("--data and --out are required (or use --dry-run)")
+        raise UsageError("--data and --out are required (or use --dry-run)")
     if args.nproc_per_node and "RANK" not in os.environ:
         return _launch_local_ranks(args.nproc_per_node)
     from trainer.loop import TooManyBadSteps
@@ -191,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from datapipe.logs import setup_logging
+    from datapipe.common.logs import setup_logging
 
     setup_logging()
     if args.dry_run:
@@ -217,14 +213,14 @@ def run_export(args: argparse.Namespace) -> int:
         import tempfile
         from pathlib import Path
 
-        from trainer.checkpoint import load_export
-        from trainer.hf_bert import save_hf_bert
+        from trainer.models.export import load_export
+        from trainer.models.hf_bert import save_hf_bert
 
         with tempfile.TemporaryDirectory() as tmp:
             export_checkpoint(args.checkpoint, Path(tmp) / "e", tag=args.tag, dtype=dtype)
             model, cfg, tok = load_export(Path(tmp) / "e")
             if cfg.family != "dnabert":
-                raise ValueError(f"--format hf exports DNABERT runs; {args.checkpoint} is a {cfg.family} run")
+                raise UsageError(f"--format hf exports DNABERT runs; {args.checkpoint} is a {cfg.family} run")
             (Path(tmp) / "vocab.txt").write_text("\n".join(tok.vocab) + "\n")
             out = save_hf_bert(model.to(dtype), args.out, vocab_file=Path(tmp) / "vocab.txt")
     else:

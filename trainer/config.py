@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
-from datapipe.config import Config, ConfigError, check
+from datapipe.common.config import Config, ConfigError, check
 from datapipe.loader import LoaderConfig
-from datapipe.masking import MaskingConfig
 from datapipe.tokenizers import TOKENIZER_NAMES
-from trainer.bert import BertConfig
-from trainer.gpt import GPTConfig
+from trainer.masking import MaskingConfig
+from trainer.models.bert import BertConfig
+from trainer.models.gpt import GPTConfig
 
 
 @dataclass(kw_only=True)

@@ -28,8 +28,8 @@ class Family:
 
 
 def _gpt_build(cfg: PretrainConfig) -> torch.nn.Module:
-    from trainer.gpt import DNAGPT
     from trainer.losses import DNAGPTForPretraining
+    from trainer.models.gpt import DNAGPT
 
     return DNAGPTForPretraining(DNAGPT(cfg.model), tokenizer=cfg.tokenizer)
 
@@ -43,8 +43,8 @@ def _gpt_collate(cfg: PretrainConfig, tok: Tokenizer):
 
 
 def _bert_build(cfg: PretrainConfig) -> torch.nn.Module:
-    from trainer.bert import DNABERT
     from trainer.losses import DNABERTForPretraining
+    from trainer.models.bert import DNABERT
 
     return DNABERTForPretraining(DNABERT(cfg.model), tokenizer=cfg.tokenizer)
 
@@ -82,11 +82,13 @@ FAMILIES = {
 
 def bare_model(cfg: PretrainConfig) -> torch.nn.Module:
     """The family's model without its training wrapper (for exports and evaluation)."""
-    return getattr(FAMILIES[cfg.family].build(cfg), FAMILIES[cfg.family].inner)
+    from trainer.models import build_model
+
+    return build_model(cfg.family, cfg.model)
 
 
 def count_params(cfg: PretrainConfig) -> int:
-    """Exact parameter count of the bare model, built on the meta device: no memory, even for 3B."""
-    with torch.device("meta"):
-        model = bare_model(cfg)
-    return sum(p.numel() for p in model.parameters())
+    """Exact parameter count of the bare model (built on the meta device: no memory, even for 3B)."""
+    from trainer.models import count_params as count
+
+    return count(cfg.family, cfg.model)

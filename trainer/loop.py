@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from datapipe.tracking import Tracker
+from datapipe.common.tracking import Tracker
 from trainer.config import PretrainConfig
 
 log = logging.getLogger(__name__)

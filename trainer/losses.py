@@ -1,4 +1,13 @@
-"""DNAGPT pretraining loss: next-token CE + order CE + lambda * GC MSE (lambda = 0.01, SPEC.md)."""
+"""The pretraining losses of both families, as training modules (``forward(batch) -> dict of losses``):
+
+- :class:`DNAGPTForPretraining`: next-token CE + sequence-order CE + lambda * GC-content MSE, lambda = 0.01
+  (Zhang et al. 2023, DNAGPT, arXiv:2307.05628);
+- :class:`DNABERTForPretraining`: masked-language-model CE over the span-masked k-mers (Ji et al. 2021,
+  DNABERT, Bioinformatics btab083), with the MLM accuracy and the realised mask rate.
+
+The model architectures are in ``trainer.models``; the batches come from ``trainer.samples`` (DNAGPT) and
+``trainer.bert_samples`` (DNABERT).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ import torch.nn.functional as F
 
 from datapipe.tokenizers import get_tokenizer
 from trainer.fused import embed_bases
-from trainer.gpt import DNAGPT
+from trainer.models.gpt import DNAGPT
 from trainer.samples import IGNORE, gpt_targets
 
 GC_LOSS_WEIGHT = 0.01

@@ -1,11 +1,19 @@
-"""A pretraining run (DNAGPT or DNABERT), assembled in explicit steps: data check -> distributed -> model + engine
--> loader -> resume -> tracker -> loop -> final checkpoint + export."""
+"""A pretraining run (DNAGPT or DNABERT), assembled in explicit steps, each callable on its own:
+
+``check_data`` -> ``init_distributed`` -> ``find_resume_point`` -> ``build_model_and_engine`` -> ``build_loader``
+-> ``restore`` -> ``open_tracker`` -> the loop (with ``checkpointer``) -> ``export_final``.
+
+``run_pretrain`` composes them; launchers (the deepspeed launcher, torchrun, Ray Train) only differ in who
+starts the processes and sets up the process group before it is called.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +21,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from datapipe.common.errors import UsageError
+from datapipe.common.tracking import NullTracker, Tracker, default_tracking_uri, start_tracker
 from datapipe.loader import ShardLoader
-from datapipe.shards import read_manifest
+from datapipe.shards.manifest import read_manifest
 from datapipe.tokenizers import get_tokenizer
-from datapipe.tracking import NullTracker, Tracker, default_tracking_uri, start_tracker
 from kernels.dispatch import chosen_paths
 from trainer.checkpoint import (
-    export_model,
     latest_tag,
     read_state,
     restore_rng,
@@ -27,9 +35,10 @@ from trainer.checkpoint import (
     universal_tag_for,
 )
 from trainer.config import PretrainConfig
-from trainer.engine import build_engine, init_distributed
+from trainer.engine import DistInfo, build_engine, init_distributed
 from trainer.families import FAMILIES, count_params
 from trainer.loop import StepLoop
+from trainer.models.export import export_model
 from trainer.samples import TEMPLATE_TOKENS, GptSampleBuilder
 
 log = logging.getLogger(__name__)
@@ -62,14 +71,14 @@ class StopRequested:
 def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(data_dir)
     if manifest["tokenizer"] != cfg.tokenizer:
-        raise ValueError(
+        raise UsageError(
             f"{data_dir}/manifest.json: shards use tokenizer {manifest['tokenizer']}, recipe "
             f"'{cfg.recipe}' uses {cfg.tokenizer}; prepare with --tokenizer {cfg.tokenizer}"
         )
     extra = FAMILIES[cfg.family].template_tokens
     window = manifest["config"]["window_tokens"]
     if window + extra > cfg.model.max_seq_len:
-        raise ValueError(
+        raise UsageError(
             f"{data_dir}: pieces of up to {window} tokens + {extra} template tokens exceed "
             f"model.max_seq_len={cfg.model.max_seq_len}; prepare with --window-tokens "
             f"{cfg.model.max_seq_len - extra}"
@@ -78,17 +87,162 @@ def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig) -> None:
-    from datapipe.config import flatten
+    from datapipe.common.config import flatten
 
     old, new = flatten(saved), flatten(json.loads(json.dumps(cfg.to_dict())))  # tuples -> lists, as saved
     changed = sorted(
         k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
     )
     if changed:
-        raise ValueError(
+        raise UsageError(
             f"--resume: the checkpoint was trained with a different config ({', '.join(changed[:6])}); "
             "resume with the same recipe and overrides, or start a new --out"
         )
+
+
+@dataclass(kw_only=True)
+class ResumePoint:
+    """Where a run starts: nothing (step 0), or a complete checkpoint, converted to DeepSpeed's universal
+    format when the world size changed since it was saved."""
+
+    tag: str | None = None
+    state: dict[str, Any] | None = None
+    universal: bool = False
+
+    @property
+    def step(self) -> int:
+        return self.state["step"] if self.state else 0
+
+
+def find_resume_point(cfg: PretrainConfig, ckpt_dir: Path, *, resume: bool, world_size: int) -> ResumePoint:
+    """The checkpoint ``--resume`` continues from (collective when it must be made universal)."""
+    tag = latest_tag(ckpt_dir) if resume else None
+    if tag is None:
+        if resume and dist.get_rank() == 0:
+            log.info("--resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
+        return ResumePoint()
+    state = read_state(ckpt_dir, tag)
+    _check_resumable(state["config"], cfg)
+    if state["world_size"] == world_size:
+        return ResumePoint(tag=tag, state=state)
+    return ResumePoint(tag=universal_tag_for(ckpt_dir, tag), state=state, universal=True)
+
+
+def build_model_and_engine(
+    cfg: PretrainConfig, dist_info: DistInfo, *, universal: bool = False, user_ds_config: dict | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The family's training module (seeded by train.seed) inside a DeepSpeed engine -> (engine, ds_config)."""
+    torch.manual_seed(cfg.train.seed)
+    log.info(
+        "model: %s %d layers x d_model %d, %.2fM parameters",
+        cfg.family,
+        cfg.model.n_layer,
+        cfg.model.d_model,
+        count_params(cfg) / 1e6,
+    )
+    return build_engine(
+        FAMILIES[cfg.family].build(cfg),
+        cfg.train,
+        cfg.optim,
+        micro_batch_size=cfg.loader.micro_batch_size,
+        dist_info=dist_info,
+        extra_config=user_ds_config,
+        load_universal=universal,
+    )
+
+
+def build_loader(cfg: PretrainConfig, data_dir: Path, dist_info: DistInfo) -> ShardLoader:
+    """This rank's slice of the global sample order, batched by the family's builder in loader workers."""
+    builder = FAMILIES[cfg.family].collate(cfg, get_tokenizer(cfg.tokenizer))
+    return ShardLoader(
+        data_dir, cfg.loader, collate=builder, rank=dist_info.rank, world_size=dist_info.world_size
+    )
+
+
+def restore(engine: Any, loader: ShardLoader, ckpt_dir: Path, point: ResumePoint) -> int:
+    """Load weights, optimizer, schedule, loader position and (same world size) RNG states -> the step."""
+    if point.state is None:
+        return 0
+    engine.load_checkpoint(str(ckpt_dir), tag=point.tag)
+    loader.load_state_dict(point.state["loader"])
+    if not point.universal:
+        restore_rng(ckpt_dir, point.tag, dist.get_rank())
+    log.info(
+        "resumed from %s at step %d%s",
+        ckpt_dir / point.tag,
+        point.step,
+        f" (world size {point.state['world_size']} -> {dist.get_world_size()})" if point.universal else "",
+    )
+    return point.step
+
+
+def open_tracker(
+    cfg: PretrainConfig, out_dir: Path, *, data_dir: Path, point: ResumePoint, ds_config: dict[str, Any]
+) -> Tracker:
+    """Rank 0's MLflow run (a resumed run continues its own); other ranks get a NullTracker."""
+    if dist.get_rank() != 0:
+        return NullTracker()
+    tracker = start_tracker(
+        experiment=cfg.tracking.experiment,
+        run_name=f"pretrain-{cfg.recipe}",
+        tracking_uri=cfg.tracking.tracking_uri or default_tracking_uri(out_dir),
+        enabled=cfg.tracking.enabled,
+        resume_run_id=(point.state or {}).get("mlflow_run_id"),
+    )
+    if point.state is None:
+        tracker.log_params(
+            {
+                **cfg.flat(),
+                "world_size": dist.get_world_size(),
+                "data_dir": str(data_dir),
+                "num_params": count_params(cfg),
+            }
+        )
+    tracker.set_tags({"ds_config": json.dumps(ds_config, sort_keys=True)[:5000]})
+    tracker.start_system_metrics()
+    return tracker
+
+
+def checkpointer(
+    engine: Any,
+    loader: ShardLoader,
+    cfg: PretrainConfig,
+    ckpt_dir: Path,
+    tracker: Tracker,
+    on_saved: Callable[[Path, int], None] | None = None,
+) -> Callable[[int], str]:
+    """The loop's ``checkpoint(step) -> tag``: a complete checkpoint with our JSON state beside DeepSpeed's
+    files; ``on_saved(folder, step)`` runs on every rank after it is complete (e.g. to report it to Ray)."""
+
+    def save(step: int) -> str:
+        state = {
+            "world_size": dist.get_world_size(),
+            "zero_stage": cfg.train.zero_stage,
+            "loader": loader.state_dict(),
+            "config": cfg.to_dict(),
+            "mlflow_run_id": tracker.run_id,
+        }
+        tag = save_checkpoint(engine, ckpt_dir, step=step, state=state)
+        tracker.set_tags({"checkpoint": str(ckpt_dir / tag)})
+        if on_saved is not None:
+            on_saved(ckpt_dir / tag, step)
+        return tag
+
+    return save
+
+
+def export_final(engine: Any, cfg: PretrainConfig, out_dir: Path, tracker: Tracker) -> Path | None:
+    """Consolidated weights -> ``out_dir/final`` (rank 0; collective under ZeRO-3, so every rank calls)."""
+    family = FAMILIES[cfg.family]
+    state_dict = _full_state_dict(engine, cfg.train.zero_stage, family.inner)
+    final = None
+    if dist.get_rank() == 0:
+        final = export_model(
+            state_dict, out_dir / "final", config=cfg.to_dict(), tokenizer=get_tokenizer(cfg.tokenizer)
+        )
+        tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
+        log.info("exported %s", final)
+    return final
 
 
 def run_pretrain(
@@ -98,110 +252,39 @@ def run_pretrain(
     out_dir: Path,
     resume: bool = False,
     user_ds_config: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> str:
     """Train; returns how the run ended: 'completed', 'signal', or raises after too many NaN steps."""
     check_data(cfg, data_dir)  # before any distributed set-up: a wrong --data fails in a second
     dist_info = init_distributed()
-    rank, world = dist_info.rank, dist_info.world_size
     ckpt_dir = out_dir / "checkpoints"
-    tag = latest_tag(ckpt_dir) if resume else None
-    saved = read_state(ckpt_dir, tag) if tag else None
-    universal = bool(saved and saved["world_size"] != world)
-    if saved:
-        _check_resumable(saved["config"], cfg)
-        if universal:
-            tag = universal_tag_for(ckpt_dir, tag)
-    elif resume and rank == 0:
-        log.info("--resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
-    if cfg.optim.warmup_steps >= cfg.train.steps and rank == 0:
+    point = find_resume_point(cfg, ckpt_dir, resume=resume, world_size=dist_info.world_size)
+    if cfg.optim.warmup_steps >= cfg.train.steps and dist_info.rank == 0:
         log.warning(
             "optim.warmup_steps=%d >= train.steps=%d: the learning rate never reaches its peak",
             cfg.optim.warmup_steps,
             cfg.train.steps,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if dist_info.rank == 0:
         cfg.save_json(out_dir / "config.json")
-
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = get_tokenizer(cfg.tokenizer)
-    family = FAMILIES[cfg.family]
-    n_params = count_params(cfg)
-    log.info(
-        "model: %s %d layers x d_model %d, %.2fM parameters",
-        cfg.family,
-        cfg.model.n_layer,
-        cfg.model.d_model,
-        n_params / 1e6,
+    engine, ds_cfg = build_model_and_engine(
+        cfg, dist_info, universal=point.universal, user_ds_config=user_ds_config
     )
-    model = family.build(cfg)
-    engine, ds_cfg = build_engine(
-        model,
-        cfg.train,
-        cfg.optim,
-        micro_batch_size=cfg.loader.micro_batch_size,
-        dist_info=dist_info,
-        extra_config=user_ds_config,
-        load_universal=universal,
-    )
-    builder = family.collate(cfg, tokenizer)
-    loader = ShardLoader(data_dir, cfg.loader, collate=builder, rank=rank, world_size=world)
-
-    start_step = 0
-    if saved:
-        engine.load_checkpoint(str(ckpt_dir), tag=tag)
-        loader.load_state_dict(saved["loader"])
-        if not universal:
-            restore_rng(ckpt_dir, tag, rank)
-        start_step = saved["step"]
-        log.info(
-            "resumed from %s at step %d%s",
-            ckpt_dir / tag,
-            start_step,
-            f" (world size {saved['world_size']} -> {world})" if universal else "",
-        )
-
-    tracker: Tracker = NullTracker()
-    if rank == 0:
-        tracker = start_tracker(
-            experiment=cfg.tracking.experiment,
-            run_name=f"pretrain-{cfg.recipe}",
-            tracking_uri=cfg.tracking.tracking_uri or default_tracking_uri(out_dir),
-            enabled=cfg.tracking.enabled,
-            resume_run_id=(saved or {}).get("mlflow_run_id"),
-        )
-        if not saved:
-            tracker.log_params(
-                {**cfg.flat(), "world_size": world, "data_dir": str(data_dir), "num_params": n_params}
-            )
-        tracker.set_tags({"ds_config": json.dumps(ds_cfg, sort_keys=True)[:5000]})
-        tracker.start_system_metrics()
-    jsonl = _metrics_file(out_dir, start_step) if rank == 0 else None
-
-    def checkpoint(step: int) -> str:
-        state = {
-            "world_size": world,
-            "zero_stage": cfg.train.zero_stage,
-            "loader": loader.state_dict(),
-            "config": cfg.to_dict(),
-            "mlflow_run_id": tracker.run_id,
-        }
-        new_tag = save_checkpoint(engine, ckpt_dir, step=step, state=state)
-        tracker.set_tags({"checkpoint": str(ckpt_dir / new_tag)})
-        return new_tag
-
-    stop = StopRequested()
+    loader = build_loader(cfg, data_dir, dist_info)
+    start_step = restore(engine, loader, ckpt_dir, point)
+    tracker = open_tracker(cfg, out_dir, data_dir=data_dir, point=point, ds_config=ds_cfg)
     loop = StepLoop(
         cfg=cfg,
-        metric_keys=family.metrics,
+        metric_keys=FAMILIES[cfg.family].metrics,
         engine=engine,
         loader=loader,
         tracker=tracker,
         device=dist_info.device,
-        jsonl=jsonl,
-        n_params=n_params,
-        stop=stop,
-        checkpoint=checkpoint,
+        jsonl=_metrics_file(out_dir, start_step) if dist_info.rank == 0 else None,
+        n_params=count_params(cfg),
+        stop=StopRequested(),
+        checkpoint=checkpointer(engine, loader, cfg, ckpt_dir, tracker, on_checkpoint),
     )
     try:
         outcome = loop.run(start_step)
@@ -211,12 +294,8 @@ def run_pretrain(
     if outcome == "signal":
         tracker.finish("KILLED")
         return outcome
-    state_dict = _full_state_dict(engine, cfg.train.zero_stage, family.inner)
-    if rank == 0:
-        final = export_model(state_dict, out_dir / "final", config=cfg.to_dict(), tokenizer=tokenizer)
-        tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
-        tracker.finish()
-        log.info("exported %s", final)
+    export_final(engine, cfg, out_dir, tracker)
+    tracker.finish()
     dist.barrier()
     return outcome
 
@@ -240,7 +319,7 @@ def _full_state_dict(engine: Any, zero_stage: int, inner: str) -> dict[str, torc
 
 def sample_example(tokenizer_name: str = "dnagpt-6mer", seq: str = "ACGTACGGATTACCATGNAAGCTT") -> list[str]:
     """One pretraining sample, token by token (for the README and `dnafm pretrain --show-sample`)."""
-    from datapipe.shards import Sample
+    from datapipe.shards.format import Sample
     from trainer.samples import render
 
     tok = get_tokenizer(tokenizer_name)

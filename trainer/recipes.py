@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from datapipe.common.errors import UsageError
 from datapipe.loader import LoaderConfig
-from datapipe.masking import MaskingConfig
-from trainer.bert import BertConfig
 from trainer.config import OptimConfig, PretrainConfig, TrainConfig
-from trainer.gpt import GPTConfig
+from trainer.masking import MaskingConfig
+from trainer.models.bert import BertConfig
+from trainer.models.gpt import GPTConfig
 
 VOCAB = {"dnagpt-6mer": 15659, "dnagpt-1to6mer": 19564}
 
@@ -110,6 +111,6 @@ RECIPES: dict[str, Callable[[], PretrainConfig]] = {
 
 def get_recipe(name: str) -> PretrainConfig:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe '{name}'; available: {', '.join(RECIPES)}")
+        raise UsageError(f"unknown recipe '{name}'; available: {', '.join(RECIPES)}")
     # Round-trip through a dict so the field edits the recipes make are validated too.
     return PretrainConfig.from_dict(RECIPES[name]().to_dict())

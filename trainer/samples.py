@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datapipe.shards import Sample
+from datapipe.common.errors import UsageError
+from datapipe.shards.format import Sample
 from datapipe.tokenizers import Tokenizer
 
 IGNORE = -100  # torch cross_entropy's ignore_index
@@ -53,7 +54,7 @@ class GptSampleBuilder:
 
     def _check_length(self, sample: Sample) -> None:
         if len(sample.ids) + TEMPLATE_TOKENS > self.max_seq_len:
-            raise ValueError(
+            raise UsageError(
                 f"sample {sample.key} has {len(sample.ids)} k-mer tokens; with the {TEMPLATE_TOKENS} template "
                 f"tokens it exceeds max_seq_len={self.max_seq_len}: prepare with --window-tokens "
                 f"{self.max_seq_len - TEMPLATE_TOKENS} or less"

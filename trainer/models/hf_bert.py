@@ -9,13 +9,14 @@ Does not need ``transformers`` installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from trainer.bert import DNABERT, BertConfig
+from datapipe.common.errors import MissingError, UnknownNameError, UsageError
+from datapipe.common.files import atomic_dir
+from trainer.models.bert import DNABERT, BertConfig
 
 _LAYER = {
     "attention.self.query": "query",
@@ -56,12 +57,12 @@ def _ours(hf_key: str) -> str | None:
         idx, _, sub = rest.partition(".")
         if sub in _LAYER:
             return f"layers.{idx}.{_LAYER[sub]}.{leaf}"
-    raise KeyError(f"unrecognised BERT parameter '{hf_key}'")
+    raise UnknownNameError(f"unrecognised BERT parameter '{hf_key}'")
 
 
 def config_from_hf(hf: dict) -> BertConfig:
     if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"hidden_act={hf['hidden_act']!r}: only 'gelu' BERT checkpoints are supported")
+        raise UsageError(f"hidden_act={hf['hidden_act']!r}: only 'gelu' BERT checkpoints are supported")
     return BertConfig(
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 512),
@@ -82,9 +83,7 @@ def load_hf_bert(folder: str | Path) -> tuple[DNABERT, BertConfig]:
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
-        raise FileNotFoundError(
-            f"{cfg_path} not found: a Hugging Face BERT folder has config.json and weights"
-        )
+        raise MissingError(f"{cfg_path} not found: a Hugging Face BERT folder has config.json and weights")
     cfg = config_from_hf(json.loads(cfg_path.read_text()))
     if (folder / "model.safetensors").exists():
         from safetensors.torch import load_file
@@ -93,7 +92,7 @@ def load_hf_bert(folder: str | Path) -> tuple[DNABERT, BertConfig]:
     elif (folder / "pytorch_model.bin").exists():
         hf_state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+        raise MissingError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
     state = {}
     for key, value in hf_state.items():
         ours = _ours(key)
@@ -103,7 +102,7 @@ def load_hf_bert(folder: str | Path) -> tuple[DNABERT, BertConfig]:
     missing, unexpected = model.load_state_dict(state, strict=False)
     heads = ("pooler.", "classifier.", "mlm_")
     if unexpected or [m for m in missing if not m.startswith(heads)]:
-        raise ValueError(
+        raise UsageError(
             f"{folder}: weights do not fit a BERT of this config: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
@@ -147,18 +146,13 @@ def save_hf_bert(model: DNABERT, folder: str | Path, *, vocab_file: str | Path |
         "pad_token_id": 0,
         "tie_word_embeddings": True,
     }
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in out.items()},
-        str(tmp / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if vocab_file is not None:
-        shutil.copy(vocab_file, tmp / "vocab.txt")
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in out.items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if vocab_file is not None:
+            shutil.copy(vocab_file, tmp / "vocab.txt")
     return folder

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datapipe.config import Config, check
+from datapipe.common.config import Config, check
 
 
 @dataclass(kw_only=True)

@@ -3,7 +3,8 @@
 GPT-2-style pre-LayerNorm decoder without biases, learned absolute positions, GELU MLP (4x),
 causal attention through ``kernels.fused_attention``, token embedding through
 ``kernels.token_embedding``. Numbers enter through a number embedding added at number slots
-(``<M>`` tokens) and leave through a regression head read at output number slots (SPEC.md).
+(``<M>`` tokens) and leave through a regression head read at output number slots (Zhang et al. 2023,
+DNAGPT, arXiv:2307.05628, section 2).
 The language-model head shares the token-embedding matrix (GPT-2 weight tying).
 """
 
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from datapipe.config import Config, check
+from datapipe.common.config import Config, check
 
 
 @dataclass(kw_only=True)

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from datapipe.config import Config, check
+from datapipe.common.config import Config, check
 
 
 @dataclass(kw_only=True)

@@ -4,9 +4,6 @@ Every component owns a ``@dataclass(kw_only=True)`` subclass of :class:`Config`.
 validate themselves in ``__post_init__`` (raising :class:`ConfigError` with the field name),
 serialise to plain dicts (logged to MLflow, written beside every output) and accept
 command-line overrides such as ``optim.lr=3e-4``.
-
-This module lives in ``datapipe`` because datapipe is the bottom layer: kernels, trainer, eval
-and cluster may all import it, and it imports nothing of theirs.
 """
 
 from __future__ import annotations
@@ -18,17 +15,10 @@ import typing
 from pathlib import Path
 from typing import Any, Self
 
+from datapipe.common.errors import ConfigError
+from datapipe.common.files import write_json_atomic
 
-class ConfigError(ValueError):
-    """A config value is wrong. ``field`` is the dotted path (``optim.lr``) when known."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"config field '{field}': {message}")
-
-    def prefixed(self, prefix: str) -> ConfigError:
-        return ConfigError(f"{prefix}.{self.field}" if prefix else self.field, self.message)
+__all__ = ["Config", "ConfigError", "check", "flatten"]
 
 
 def check(condition: bool, field: str, message: str) -> None:
@@ -87,10 +77,7 @@ class Config:
 
     def save_json(self, path: str | Path) -> None:
         """Write atomically (temp name, then rename) so a reader never sees half a file."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, self.to_dict())
 
     def flat(self) -> dict[str, Any]:
         """Flattened ``{'optim.lr': 1e-4, ...}`` view, e.g. for MLflow params."""

@@ -1,0 +1,77 @@
+"""Exported weights: one folder a model can be rebuilt from without the training code.
+
+Layout (``OUT/final`` of a pretraining run, or ``dnafm export --out``)::
+
+    model.safetensors   the bare model's state dict (DNAGPT or DNABERT; fp32 unless asked otherwise)
+    config.json         the resolved PretrainConfig of the run
+    tokenizer/          the tokenizer, as datapipe.tokenizers.load_tokenizer reads it
+
+Nothing here reads pickle or imports DeepSpeed (consolidating a ZeRO checkpoint into this layout is
+``trainer.checkpoint.export_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from datapipe.common.errors import MissingError, UsageError
+from datapipe.common.files import atomic_dir
+from trainer.models import build_model
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def export_model(
+    state_dict: dict[str, torch.Tensor],
+    out_dir: Path,
+    *,
+    config: dict[str, Any],
+    tokenizer: Any,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write model.safetensors + config.json + tokenizer/ into out_dir atomically (temp dir, then rename)."""
+    from safetensors.torch import save_file
+
+    with atomic_dir(out_dir) as tmp:
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "dnafm"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tokenizer.save(tmp / "tokenizer")
+    return out_dir
+
+
+def find_export(path: str | Path) -> Path:
+    """Accept an export folder or a pretraining run folder (uses its ``final/``)."""
+    path = Path(path)
+    for cand in (path, path / "final"):
+        if (cand / WEIGHTS).exists() and (cand / CONFIG).exists():
+            return cand
+    raise MissingError(
+        f"{path}: no {WEIGHTS} + {CONFIG} here or in {path / 'final'}; "
+        "pass the --out folder of `dnafm pretrain` or an export folder"
+    )
+
+
+def load_export(path: str | Path):
+    """-> (bare model in eval mode on CPU, PretrainConfig, tokenizer). Reads no pickle."""
+    from safetensors.torch import load_file
+
+    from datapipe.tokenizers import load_tokenizer
+    from trainer.config import PretrainConfig
+
+    folder = find_export(path)
+    cfg = PretrainConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+    model = build_model(cfg.family, cfg.model)
+    state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"{folder / WEIGHTS} does not fit the model in {CONFIG}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval(), cfg, load_tokenizer(folder / "tokenizer")
