@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import tempfile
@@ -124,8 +123,7 @@ def bench_loader(data: str, collate, *, workers: int, batch: int, batches: int) 
 
 def prepare_table(args: argparse.Namespace, scratch: Path) -> dict[int, dict]:
     """Prepare with 1 and 2 workers on a fresh Ray instance each; print the table; the best runs."""
-    import ray
-
+    from cluster.ray_connect import connect, disconnect
     from datapipe import io as datapipe_io
 
     inflater = "libdeflate (optional `deflate` package)" if datapipe_io._libdeflate else "zlib (stdlib)"
@@ -134,13 +132,7 @@ def prepare_table(args: argparse.Namespace, scratch: Path) -> dict[int, dict]:
     for workers in (1, 2):
         # A Ray instance with as many CPUs as workers, as `dnafm prepare --num-workers N` starts.
         t0 = time.perf_counter()
-        ray.init(
-            num_cpus=workers,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-        )
+        connect(num_cpus=workers)
         starts[workers] = time.perf_counter() - t0
         colds[workers] = bench_prepare(args.input, args.species, args.window_tokens, workers, scratch)
         runs = [
@@ -148,7 +140,7 @@ def prepare_table(args: argparse.Namespace, scratch: Path) -> dict[int, dict]:
             for _ in range(args.repeats)
         ]
         results[workers] = min(runs, key=lambda r: r["wall"])
-        ray.shutdown()
+        disconnect()
     cold = colds[2]
     print(
         f"\ninput: {args.input} ({cold['mb']:.1f} Mb), window {args.window_tokens} tokens, best of "
@@ -209,9 +201,7 @@ def main() -> int:
     p.add_argument("--loader-batches", type=int, default=4000)
     args = p.parse_args()
     args.input = args.input or default_input()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
+    from cluster.ray_connect import disconnect
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-datapipe-"))
     try:
@@ -220,8 +210,7 @@ def main() -> int:
         extrapolation(results[1]["mb"] / results[1]["wall"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        if ray.is_initialized():
-            ray.shutdown()
+        disconnect()
     return 0
 
 

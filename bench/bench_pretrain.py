@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cluster.launch import init_process_group
 from datapipe.fasta import read_fasta
 from datapipe.shards.format import Sample
 from datapipe.tokenizers import get_tokenizer
-from trainer.engine import build_engine, init_distributed, lr_lambda, param_groups
+from trainer.engine import build_engine, lr_lambda, param_groups
 from trainer.families import FAMILIES, count_params
 from trainer.loop import device_peak_flops, model_flops_per_token
 from trainer.recipes import get_recipe
@@ -136,7 +137,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    dist_info = init_distributed()
+    dist_info = init_process_group()
     device = dist_info.device
     cfg = get_recipe(args.recipe).with_overrides(
         [f"loader.micro_batch_size={args.micro_batch}", "train.steps=100000"]

@@ -39,7 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     demo.add_parser(sub)
+    # What the lower layers' commands need from this layer, handed down as arguments: joining Ray, and
+    # starting the ranks of a run (they never import cluster/).
+    sub.choices["prepare"].set_defaults(ray_connect=_ray_connect)
+    sub.choices["pretrain"].set_defaults(launch=_launch_pretrain)
+    sub.choices["eval"].set_defaults(launch=_launch_eval)
     return parser
+
+
+def _ray_connect(*args, **kwargs):
+    from cluster.ray_connect import connect
+
+    return connect(*args, **kwargs)
+
+
+def _launch_pretrain(*args, **kwargs):
+    from cluster.launch import pretrain
+
+    return pretrain(*args, **kwargs)
+
+
+def _launch_eval(*args, **kwargs):
+    from cluster.launch import evaluate
+
+    return evaluate(*args, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UsageError("--out is required")
-    return _prepare(specs, args.out, cfg, track=not args.no_mlflow)
+    # cluster.ray_connect.connect, handed down by the `dnafm` entry point (datapipe does not know clusters)
+    connect = functools.partial(args.ray_connect, cfg.ray_address, num_cpus=cfg.num_workers)
+    return _prepare(specs, args.out, cfg, track=not args.no_mlflow, connect=connect)
 
 
 def input_specs(
@@ -127,10 +130,10 @@ def input_specs(
     return specs
 
 
-def _prepare(specs: list[Any], out: str, cfg: Any, *, track: bool) -> int:
+def _prepare(specs: list[Any], out: str, cfg: Any, *, track: bool, connect: Any) -> int:
     from datapipe.prepare import run_prepare
 
-    manifest = run_prepare(specs, out, cfg)  # leaves nothing partial behind on error
+    manifest = run_prepare(specs, out, cfg, connect=connect)  # leaves nothing partial behind on error
     t = manifest["totals"]
     _track(out, cfg, manifest, enabled=track)
     print(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,18 @@ def chunk_bytes(file: InputFile, config: PrepareConfig) -> int:
     return config.region_bp // COMPRESSION_RATIO if file.compression == "bgzf" else config.region_bp
 
 
-def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareConfig) -> dict[str, Any]:
+def run_prepare(
+    inputs: list[InputSpec],
+    out_dir: str | Path,
+    config: PrepareConfig,
+    *,
+    connect: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
     """Prepare shards for ``inputs`` into ``out_dir`` (a path or fsspec URL); return the manifest.
+
+    Ray must be connected when the work starts: ``connect()`` is called once the inputs and the output folder
+    have been checked (``cluster.ray_connect.connect`` joins a cluster or starts a private instance); without
+    it, the caller connected already.
 
     On an error nothing partial is left: a folder this call created is removed, an existing one
     keeps its completed units only. Interrupted (Ctrl-C, or killed), the completed units stay and
@@ -81,7 +92,9 @@ def run_prepare(inputs: list[InputSpec], out_dir: str | Path, config: PrepareCon
         storage.write_json(config.to_dict(), "prepare_config.json")
         storage.write_json({"inputs": _inputs_record(inputs, files)}, "inputs.json")
         _save_tokenizer(storage, config.tokenizer)
-        _init_ray(config)
+        if connect is not None:
+            connect()
+        _require_ray()
         t0 = time.perf_counter()
         plans = _run(storage, inputs, files, config)
         storage.remove_temporaries(SHARDS, UNITS, PLAN)  # left by attempts whose worker died (retried)
@@ -160,27 +173,13 @@ def _save_tokenizer(storage: Storage, name: str) -> None:
             storage.write_bytes(path.read_bytes(), "tokenizer", path.name)
 
 
-def _init_ray(config: PrepareConfig) -> None:
-    import os
-
+def _require_ray() -> None:
     import ray
 
-    if ray.is_initialized():
-        return
-    if config.ray_address:
-        ray.init(address=config.ray_address, log_to_driver=False)
-        return
-    # A local instance on loopback with auth off: otherwise Ray 2.5x turns token auth on after an earlier
-    # local ray.init wrote ~/.ray/auth_token, and may listen on external interfaces. The user's environment wins where it sets these.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(
-        num_cpus=config.num_workers,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "run_prepare needs a Ray connection: pass connect= or call cluster.ray_connect.connect()"
+        )
 
 
 def _remote(fn: Any, **options: Any) -> Any:

@@ -58,6 +58,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("tis", "splice", "prom300", "tf"),
         help="build a task from --genome and --annotation (see below)",
     )
+    r = p.add_argument_group(
+        "Ray (--launcher ray)", "each task runs as a Ray task, in parallel across the cluster"
+    )
+    r.add_argument(
+        "--launcher",
+        choices=("process", "ray"),
+        default="process",
+        help="process: every task in this process, one after the other (default); ray: as Ray tasks",
+    )
+    r.add_argument(
+        "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private instance)"
+    )
+    r.add_argument("--cpus-per-task", type=float, help="CPUs each task reserves (default 1)")
+    r.add_argument("--gpus-per-task", type=float, help="GPUs each task reserves (default 0)")
     p.add_argument("--genome", type=Path, help="with --build: genome FASTA (.gz allowed)")
     p.add_argument("--annotation", type=Path, help="with --build: GTF, GFF3, BED or .parquet annotation")
     p.add_argument("--chrom", help="with --build: use only this chromosome")
@@ -112,10 +126,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.checkpoint is None or args.out is None:
         raise UsageError("--checkpoint and --out are required (or use --dry-run)")
-    from eval.run import run_eval
+    if args.launcher != "ray" and (args.ray_address or args.cpus_per_task or args.gpus_per_task):
+        raise UsageError("--ray-address, --cpus-per-task, --gpus-per-task: only used with --launcher ray")
     from trainer.models.export import find_export
 
     find_export(args.checkpoint)  # fail before any work if it is not there
-    rows = run_eval(cfg, checkpoint=args.checkpoint, out_dir=args.out)
+    rows = args.launch(cfg, args)  # cluster.launch.evaluate: runs the tasks here or as Ray tasks
     print((args.out / "summary.md").read_text())
     return 0 if rows else 1

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -78,27 +78,25 @@ def load_jobs(cfg: EvalConfig) -> list[Job]:
     return jobs
 
 
-def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[str, Any]]:
-    """Every set: fine-tune, score, plot, one nested MLflow run each; then summary.md / summary.csv."""
-    from trainer.engine import init_distributed
+class RunJobs(Protocol):
+    """Runs :func:`evaluate_job` for every job, wherever the launcher puts them; the rows in job order."""
 
+    def __call__(self, jobs: list[Job], cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, tracking_uri: str,
+                 parent: str | None) -> list[dict[str, Any]]: ...  # fmt: skip
+
+
+def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, run_jobs: RunJobs) -> list[dict[str, Any]]:
+    """Every set: fine-tune, score, plot, one nested MLflow run each (``run_jobs`` runs them: in this process,
+    or as Ray tasks); then summary.md / summary.csv."""
     jobs = load_jobs(cfg)
-    dist_info = init_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out_dir / "eval_config.json")
+    uri = default_tracking_uri(out_dir)
     parent = start_tracker(
-        experiment=cfg.experiment,
-        run_name=f"eval-{checkpoint.name}",
-        tracking_uri=default_tracking_uri(out_dir),
-        enabled=cfg.tracking,
+        experiment=cfg.experiment, run_name=f"eval-{checkpoint.name}", tracking_uri=uri, enabled=cfg.tracking
     )
     parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint)})
-    rows = [
-        evaluate_job(
-            job, cfg, checkpoint=checkpoint, out_dir=out_dir, dist_info=dist_info, parent=parent.run_id
-        )
-        for job in jobs
-    ]
+    rows = run_jobs(jobs, cfg, checkpoint=checkpoint, out_dir=out_dir, tracking_uri=uri, parent=parent.run_id)
     md, csv_path = write_summary(rows, out_dir)
     parent.log_artifact(md)
     parent.log_artifact(csv_path)
@@ -106,13 +104,15 @@ def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path) -> list[dict[s
     return rows
 
 
-def open_task_run(job: Job, cfg: EvalConfig, parts: Split, *, out_dir: Path, parent: str | None) -> Tracker:
+def open_task_run(
+    job: Job, cfg: EvalConfig, parts: Split, *, tracking_uri: str, parent: str | None
+) -> Tracker:
     """The task's MLflow run, nested under ``parent``, with what it was trained and scored on as params."""
     data = job.data
     child = start_tracker(
         experiment=cfg.experiment,
         run_name=f"task-{data.name}",
-        tracking_uri=default_tracking_uri(out_dir),
+        tracking_uri=tracking_uri,
         enabled=cfg.tracking,
         parent_run_id=parent or os.environ.get(PARENT_ENV),
     )
@@ -146,7 +146,14 @@ def score(data: LabelledSet, parts: Split, prob: np.ndarray, seed: int) -> dict[
 
 
 def evaluate_job(
-    job: Job, cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, dist_info: Any, parent: str | None
+    job: Job,
+    cfg: EvalConfig,
+    *,
+    checkpoint: Path,
+    out_dir: Path,
+    dist_info: Any,
+    tracking_uri: str,
+    parent: str | None,
 ) -> dict[str, Any]:
     """One set from fresh pretrained weights: fine-tune, score, plots and ``<task>.json``; its summary row."""
     from trainer.models.export import load_export
@@ -155,7 +162,7 @@ def evaluate_job(
     data = job.data
     model, pre_cfg, tok = load_export(checkpoint)
     parts = split(data, seed=cfg.split_seed)
-    child = open_task_run(job, cfg, parts, out_dir=out_dir, parent=parent)
+    child = open_task_run(job, cfg, parts, tracking_uri=tracking_uri, parent=parent)
     prob, info = finetune(
         model,
         pre_cfg.family,

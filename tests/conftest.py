@@ -69,18 +69,63 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ray_head():
+    """A real Ray cluster for the session, started with `ray start --head` on 127.0.0.1 (dashboard on, job
+    submission through it); every process it started is removed at the end. Its workers run without
+    TRITON_INTERPRET, as a user's would."""
+    from cluster.testbed import RayCluster
+
+    cluster = RayCluster.start(num_cpus=2, env=user_env())
+    try:
+        cluster.wait_for_nodes(1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 (the multi-node tracking store), stopped with its process group."""
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = tmp_path_factory.mktemp("mlflow-server")
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    proc = subprocess.Popen(
+        [mlflow, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+         str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
 def ray_cluster() -> str:
     """One local Ray instance for the whole session (on loopback, auth off), shared by every test that prepares
     data in-process; `dnafm prepare` reuses an instance that is already up."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-            configure_logging=False,
-        )
+    from cluster.ray_connect import connect, disconnect
+
+    connect(num_cpus=2)  # a private instance, as `dnafm prepare` starts one
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    disconnect()

@@ -71,6 +71,7 @@ def chr20_shards(
 ) -> Path:
     """Shards of the first ``bases`` of the shipped human chr20 slice, made by the real `prepare` (the Ray
     instance it starts in this process is reused by the rest of the test session)."""
+    from cluster.ray_connect import connect
     from datapipe.prepare import InputSpec, PrepareConfig, run_prepare
 
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,9 @@ def chr20_shards(
     cfg = PrepareConfig(
         window_tokens=window_tokens, shard_max_samples=shard_max_samples, tokenizer=tokenizer, num_workers=2
     )
-    run_prepare([InputSpec(path=str(fasta), species="human")], out / "data", cfg)
+    run_prepare(
+        [InputSpec(path=str(fasta), species="human")], out / "data", cfg, connect=lambda: connect(num_cpus=2)
+    )
     return out / "data"
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
 from datapipe.common.cliargs import command_parser, flag_overrides
 from datapipe.common.errors import UsageError
 from trainer.recipes import RECIPES, get_recipe
 
+RAY_FLAGS = ("num_workers", "cpus_per_worker", "gpus_per_worker", "placement", "ray_address", "max_failures")
 # Flags that set config fields (the rest of the flags choose what to run).
 FLAG_FIELDS = {
     "steps": "train.steps",
@@ -53,6 +51,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--nproc-per-node", type=int, help="start the deepspeed launcher with this many local ranks"
     )
+    r = p.add_argument_group(
+        "Ray Train (--launcher ray)",
+        "Each Ray worker is one DeepSpeed rank; Ray places them on the cluster, restarts the group from the last "
+        "complete checkpoint after a failure, and keeps its records in OUT.",
+    )
+    r.add_argument(
+        "--launcher",
+        choices=("process", "ray"),
+        default="process",
+        help="process: this process is one rank (started by you, deepspeed or torchrun; default); "
+        "ray: Ray Train starts the ranks",
+    )
+    r.add_argument("--num-workers", metavar="N|MIN-MAX", help="ranks; MIN-MAX: elastic (default 1)")
+    r.add_argument("--cpus-per-worker", type=float, help="CPUs each rank reserves (default 1)")
+    r.add_argument("--gpus-per-worker", type=float, help="GPUs each rank reserves (default 0: CPU + gloo)")
+    r.add_argument(
+        "--placement", choices=("spread", "pack"), help="spread ranks over nodes, or pack them (default)"
+    )
+    r.add_argument(
+        "--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a private instance)"
+    )
+    r.add_argument("--max-failures", type=int, help="worker-group restarts after failures (default 0)")
     p.add_argument(
         "--show-sample", action="store_true", help="print one pretraining sample token by token and exit"
     )
@@ -113,38 +133,6 @@ def resolve(args: argparse.Namespace):
     return cfg.with_overrides(overrides), user_ds
 
 
-def _launch_local_ranks(n: int) -> int:
-    """Re-run this very command under the deepspeed launcher with n local ranks (replaces this process)."""
-    from trainer.engine import _free_port
-
-    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
-    argv = sys.argv[1:]
-    clean, skip = [], False
-    for a in argv:  # drop --nproc-per-node N / --nproc-per-node=N
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc-per-node":
-            skip = True
-            continue
-        if a.startswith("--nproc-per-node="):
-            continue
-        clean.append(a)
-    cmd = [
-        launcher,
-        "--num_gpus",
-        str(n),
-        "--master_port",
-        str(_free_port()),
-        "--module",
-        "cluster.cli",
-        *clean,
-    ]
-    print("dnafm pretrain: launching", " ".join(cmd), flush=True)
-    os.execv(launcher, cmd)
-    return 1  # not reached
-
-
 def run(args: argparse.Namespace) -> int:
     from datapipe.common.logs import setup_logging
 
@@ -164,26 +152,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data is None or args.out is None:
         raise UsageError("--data and --out are required (or use --dry-run)")
-    if args.nproc_per_node and "RANK" not in os.environ:
-        return _launch_local_ranks(args.nproc_per_node)
-    from trainer.loop import TooManyBadSteps
-    from trainer.pretrain import run_pretrain
-
-    try:
-        outcome = run_pretrain(
-            cfg, data_dir=args.data, out_dir=args.out, resume=args.resume, user_ds_config=user_ds
-        )
-    except TooManyBadSteps as err:
-        print(f"dnafm pretrain: error: {err}", file=sys.stderr)
-        return 1
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if outcome == "signal":
-        return 143
-    return 0
+    if args.launcher != "ray":
+        ray_only = [f for f in RAY_FLAGS if getattr(args, f) is not None]
+        if ray_only:
+            flags = ", ".join("--" + f.replace("_", "-") for f in ray_only)
+            raise UsageError(f"{flags}: only used with --launcher ray")
+    return args.launch(cfg, args, user_ds)  # cluster.launch.pretrain: starts the ranks, runs, exit code
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -1,7 +1,5 @@
-"""DeepSpeed engine set-up: distributed init, the ds_config, optimizer groups and the LR schedule.
-
-Works under the deepspeed launcher, torchrun, or a plain ``python`` process (we then fill in
-the single-rank environment that DeepSpeed would otherwise look for through mpi4py).
+"""DeepSpeed engine set-up: the ds_config, optimizer groups and the LR schedule, on the process group the
+launcher set up (``cluster.launch`` or Ray Train; see :func:`group_info`).
 """
 
 from __future__ import annotations
@@ -9,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,34 +25,15 @@ class DistInfo:
     device: torch.device
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent."""
-    if "RANK" not in os.environ:  # a plain process without a launcher: one rank on loopback
-        os.environ.update(
-            RANK="0",
-            LOCAL_RANK="0",
-            WORLD_SIZE="1",
-            LOCAL_WORLD_SIZE="1",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(_free_port()),
-        )
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+def group_info() -> DistInfo:
+    """Rank, world size and device of this process in the torch.distributed group that its launcher set up
+    (``cluster.launch.init_process_group`` for the deepspeed launcher, torchrun or a plain process; Ray Train
+    for ``--launcher ray``). DeepSpeed adopts that group when the engine is built."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     return DistInfo(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from datapipe.common.errors import UserError
 from datapipe.common.tracking import Tracker
 from trainer.config import PretrainConfig
 
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.1, "A10G": 70.0}
 
 
-class TooManyBadSteps(RuntimeError):
-    pass
+class TooManyBadSteps(UserError, RuntimeError):
+    """Too many micro-batches in a row had a NaN/inf loss; the last good state was saved."""
 
 
 def model_flops_per_token(n_params: int, n_layer: int, d_model: int, seq_len: int) -> float:
@@ -53,7 +54,7 @@ class StepLoop:
     device: torch.device
     jsonl: Path | None
     n_params: int
-    stop: Any  # StopRequested: .signum != 0 once SIGTERM/SIGINT arrived
+    stop: Any  # trainer.pretrain.StopRequested: .poll() != 0 once a stop was asked for
     checkpoint: Callable[[int], str]
     skipped_total: int = 0
     _signal_agreed: bool = False
@@ -118,7 +119,7 @@ class StepLoop:
         but every rank must agree to skip together) also carries the signal flag, so a SIGTERM that reached
         one rank stops all of them at the same step without a second collective."""
         flag = torch.tensor(
-            [0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(self.stop.signum)], device=self.device
+            [0.0 if torch.isfinite(loss.detach()).all() else 1.0, float(self.stop.poll())], device=self.device
         )
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         bad, signum = flag.tolist()

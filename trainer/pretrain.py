@@ -1,10 +1,11 @@
 """A pretraining run (DNAGPT or DNABERT), assembled in explicit steps, each callable on its own:
 
-``check_data`` -> ``init_distributed`` -> ``find_resume_point`` -> ``build_model_and_engine`` -> ``build_loader``
--> ``restore`` -> ``open_tracker`` -> the loop (with ``checkpointer``) -> ``export_final``.
+``check_data`` -> (the launcher sets up the process group) -> ``find_resume_point`` -> ``build_model_and_engine``
+-> ``build_loader`` -> ``restore`` -> ``open_tracker`` -> the loop (with ``checkpointer``) -> ``export_final``.
 
-``run_pretrain`` composes them; launchers (the deepspeed launcher, torchrun, Ray Train) only differ in who
-starts the processes and sets up the process group before it is called.
+``run_pretrain`` composes them; launchers (``cluster.launch``: a plain process, the deepspeed launcher,
+torchrun; ``cluster.ray_train``: Ray Train) only differ in who starts the processes and sets up the process
+group before it is called.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from trainer.checkpoint import (
     universal_tag_for,
 )
 from trainer.config import PretrainConfig
-from trainer.engine import DistInfo, build_engine, init_distributed
+from trainer.engine import DistInfo, build_engine
 from trainer.families import FAMILIES, count_params
 from trainer.loop import StepLoop
 from trainer.models.export import export_model
@@ -56,16 +58,32 @@ RESUMABLE_CHANGES = {
 }
 
 
-class StopRequested:
-    """SIGTERM / SIGINT set a flag; the loop checks it between steps and saves before leaving."""
+STOP_FILE = "STOP_REQUESTED"
 
-    def __init__(self) -> None:
+
+class StopRequested:
+    """A stop request: SIGTERM / SIGINT to this rank, or a file ``OUT/STOP_REQUESTED`` (what a Ray Train run's
+    driver writes when ``ray job stop`` reaches it; anyone may ``touch`` it). The loop polls it on every
+    micro-batch, agrees on it across ranks, and saves a checkpoint before leaving.
+
+    Signal handlers can only be installed from the main thread; Ray Train runs the loop in another thread,
+    where the file is the way in."""
+
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.signum = 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.stop_file = stop_file
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signum = signum
+
+    def poll(self) -> int:
+        """The signal number asked for (0: none). A stat() of the stop file: microseconds on a local disk."""
+        if not self.signum and self.stop_file is not None and self.stop_file.exists():
+            self.signum = int(signal.SIGTERM)
+        return self.signum
 
 
 def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
@@ -248,15 +266,17 @@ def export_final(engine: Any, cfg: PretrainConfig, out_dir: Path, tracker: Track
 def run_pretrain(
     cfg: PretrainConfig,
     *,
+    dist_info: DistInfo,
     data_dir: Path,
     out_dir: Path,
     resume: bool = False,
     user_ds_config: dict[str, Any] | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
 ) -> str:
-    """Train; returns how the run ended: 'completed', 'signal', or raises after too many NaN steps."""
-    check_data(cfg, data_dir)  # before any distributed set-up: a wrong --data fails in a second
-    dist_info = init_distributed()
+    """Train on the process group ``dist_info`` describes; returns how the run ended: 'completed', 'signal', or
+    raises after too many NaN steps. ``on_checkpoint(folder, step)`` runs on every rank after each complete
+    checkpoint."""
+    check_data(cfg, data_dir)
     ckpt_dir = out_dir / "checkpoints"
     point = find_resume_point(cfg, ckpt_dir, resume=resume, world_size=dist_info.world_size)
     if cfg.optim.warmup_steps >= cfg.train.steps and dist_info.rank == 0:
@@ -268,6 +288,8 @@ def run_pretrain(
     out_dir.mkdir(parents=True, exist_ok=True)
     if dist_info.rank == 0:
         cfg.save_json(out_dir / "config.json")
+        (out_dir / STOP_FILE).unlink(missing_ok=True)  # a request that stopped an earlier attempt
+    dist.barrier()
     engine, ds_cfg = build_model_and_engine(
         cfg, dist_info, universal=point.universal, user_ds_config=user_ds_config
     )
@@ -283,7 +305,7 @@ def run_pretrain(
         device=dist_info.device,
         jsonl=_metrics_file(out_dir, start_step) if dist_info.rank == 0 else None,
         n_params=count_params(cfg),
-        stop=StopRequested(),
+        stop=StopRequested(out_dir / STOP_FILE),
         checkpoint=checkpointer(engine, loader, cfg, ckpt_dir, tracker, on_checkpoint),
     )
     try:

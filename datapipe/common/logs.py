@@ -27,12 +27,13 @@ class RankZeroFilter(logging.Filter):
         return self.rank == 0 or record.levelno >= logging.WARNING
 
 
-def setup_logging(level: int | str = logging.INFO, *, rank: int | None = None) -> None:
-    """Configure the root logger once per process (idempotent: replaces our own handler)."""
+def setup_logging(level: int | str = logging.INFO, *, rank: int | None = None, only: bool = False) -> None:
+    """Configure the root logger once per process (idempotent: replaces our own handler). ``only``: also drop
+    handlers others put on the root logger (a Ray Train worker's own, which would print every line twice)."""
     rank = current_rank() if rank is None else rank
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_dnafm", False):
+        if only or getattr(handler, "_dnafm", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler._dnafm = True  # type: ignore[attr-defined]

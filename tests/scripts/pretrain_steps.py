@@ -1,5 +1,5 @@
 """Runs each build step of a pretraining run alone, in one process (world size 1), and prints what each gave
-as JSON on the last line. Used by tests/test_build_steps.py (a subprocess: init_distributed sets RANK etc.
+as JSON on the last line. Used by tests/test_build_steps.py (a subprocess: init_process_group sets RANK etc.
 in the environment, which must not leak into the test session's other launches)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
+from cluster.launch import init_process_group
 from datapipe.common.errors import UsageError
 from trainer.config import PretrainConfig
-from trainer.engine import init_distributed
 from trainer.loop import StepLoop
 from trainer.models.export import load_export
 from trainer.pretrain import (
@@ -41,7 +41,7 @@ def main(data: Path, out: Path) -> dict:
                                              "model": {**cfg.model.to_dict(), "vocab_size": 19564}}), data)  # fmt: skip
     except UsageError as err:
         got["check_data_error"] = str(err)
-    dist_info = init_distributed()
+    dist_info = init_process_group()
     ckpt = out / "checkpoints"
     got["fresh_step"] = find_resume_point(cfg, ckpt, resume=True, world_size=1).step
     engine, ds_cfg = build_model_and_engine(cfg, dist_info)
