@@ -5,7 +5,8 @@
         nodes.popen(1, [...])                       # a command "on" node 1
         nodes.link_down(1); nodes.link_up(1)        # a network fault on node 1's side
 
-Each node is a namespace with its own loopback and one end of the veth pair, addressed from a /30 of
+Each node is a namespace with its own loopback and one end of the veth pair, renamed ``IFNAME`` (``dnafm0``) on
+both nodes so that one ``GLOO_SOCKET_IFNAME=dnafm0`` serves every node, addressed from a /30 of
 ``10.250.0.0/16`` chosen per testbed; the namespaces have no other interface and no route, so nothing they send
 leaves the machine. They share the file system (and /dev/shm) with everything else, as nodes on a shared file
 system do. Closing the testbed kills every process left in the namespaces and deletes them (which removes the
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 PREFIX = "dnafm-"
+IFNAME = "dnafm0"  # the veth end's name inside each namespace
 
 
 def unavailable() -> str | None:
@@ -41,7 +43,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class TwoNodes:
-    """Two namespaces ``dnafm-<id>-0`` / ``-1`` joined by veth ``dn<id>a`` / ``dn<id>b``."""
+    """Two namespaces ``dnafm-<id>-0`` / ``-1`` joined by a veth pair (created as ``dn<id>a`` / ``dn<id>b``, then
+    moved into the namespaces and renamed ``IFNAME``)."""
 
     def __init__(self) -> None:
         why = unavailable()
@@ -61,8 +64,9 @@ class TwoNodes:
             _ip("link", "add", self.veth[0], "type", "veth", "peer", "name", self.veth[1])
             for i in (0, 1):
                 _ip("link", "set", self.veth[i], "netns", self.ns[i])
-                self.exec(i, ["ip", "addr", "add", f"{self.ip[i]}/30", "dev", self.veth[i]])
-                self.exec(i, ["ip", "link", "set", self.veth[i], "up"])
+                self.exec(i, ["ip", "link", "set", self.veth[i], "name", IFNAME])
+                self.exec(i, ["ip", "addr", "add", f"{self.ip[i]}/30", "dev", IFNAME])
+                self.exec(i, ["ip", "link", "set", IFNAME, "up"])
                 self.exec(i, ["ip", "link", "set", "lo", "up"])
         except BaseException:
             self.close()
@@ -92,10 +96,10 @@ class TwoNodes:
         return proc
 
     def link_down(self, i: int) -> None:
-        self.exec(i, ["ip", "link", "set", self.veth[i], "down"])
+        self.exec(i, ["ip", "link", "set", IFNAME, "down"])
 
     def link_up(self, i: int) -> None:
-        self.exec(i, ["ip", "link", "set", self.veth[i], "up"])
+        self.exec(i, ["ip", "link", "set", IFNAME, "up"])
 
     def pids(self, i: int) -> list[int]:
         """Every process running in node ``i``'s namespace."""

@@ -161,6 +161,21 @@ class RayCluster:
             f"the Ray cluster at {self.address} did not reach {n} alive nodes in {timeout_s} s"
         )
 
+    def wait_for_free_cpus(self, n: float, timeout_s: float = 120) -> None:
+        """Until ``n`` CPUs are free (an earlier job's actors may hold theirs for a moment after it ends)."""
+        prefix = self.nodes[0].prefix if self.nodes else []
+        code = (
+            "import ray, time\n"
+            f"ray.init(address={self.address!r}, log_to_driver=False)\n"
+            f"deadline = time.monotonic() + {timeout_s}\n"
+            f"while ray.available_resources().get('CPU', 0) < {n}:\n"
+            "    assert time.monotonic() < deadline, ray.available_resources()\n"
+            "    time.sleep(0.5)\n"
+        )
+        proc = subprocess.run([*prefix, sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise TimeoutError(f"{n} CPUs not free on {self.address}: {proc.stderr[-1000:]}")
+
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.kill()

@@ -187,7 +187,9 @@ def _remote(fn: Any, **options: Any) -> Any:
 
     # max_retries: a worker that dies (OOM, node lost, killed) gets its task re-run; a raised error
     # (bad input, full disk) does not, since retry_exceptions stays False.
-    return ray.remote(num_cpus=1, max_retries=3, **options)(fn)
+    # SPREAD: short tasks go round the nodes of a cluster instead of packing onto the driver's node first
+    # (Ray's default), so every node reads and writes; on one machine it changes nothing.
+    return ray.remote(num_cpus=1, max_retries=3, scheduling_strategy="SPREAD", **options)(fn)
 
 
 def _queue_depth(num_workers: int) -> int:

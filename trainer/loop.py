@@ -178,7 +178,7 @@ class StepLoop:
         self.tracker.log_metrics(metrics, step=step)
         if self.jsonl is not None:
             with open(self.jsonl, "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
+                f.write(json.dumps({"step": step, "time": time.time(), **metrics}) + "\n")
         parts = "  ".join(f"{k} {metrics[f'train/{k}']:.4f}" for k in self.metric_keys)
         log.info("step %d  %s  lr %.2e  %.0f tok/s", step, parts, metrics["train/lr"], tokens_per_s)
         self._reset_window()
