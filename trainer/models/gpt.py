@@ -6,6 +6,10 @@ causal attention through ``kernels.fused_attention``, token embedding through
 (``<M>`` tokens) and leave through a regression head read at output number slots (Zhang et al. 2023,
 DNAGPT, arXiv:2307.05628, section 2).
 The language-model head shares the token-embedding matrix (GPT-2 weight tying).
+
+Incremental decoding: ``forward(..., cache=model.new_cache(B))`` appends each call's keys and values to a
+:class:`KVCache`, so that sampling token t costs one position instead of recomputing all t (the sampler is
+``trainer.generate``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,41 @@ class GPTConfig(Config):
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
+class KVCache:
+    """Keys and values of every layer for the positions decoded so far, for incremental decoding.
+
+    Preallocated per layer as (B, nh, max_len, hs): appending is a slice copy. Concatenating instead would
+    copy the whole cache at every step (O(T^2) memory traffic over a generation). ``length`` is the number
+    of positions already held; the model advances it after each forward.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_layer: int,
+        batch_size: int,
+        n_head: int,
+        head_dim: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, nh, t, hs) new keys/values of ``layer``; return all of its keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were asked for")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -57,12 +96,24 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).split(d, dim=2)
         # (B, T, D) -> (B, nh, T, hs)
         q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = kernels.fused_attention(q, k, v, causal=True, impl=self.impl)
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, nh, past + t, hs)
+        if past == 0:  # training, or the prompt of a generation: the same op, hence the same logits
+            y = kernels.fused_attention(q, k, v, causal=True, impl=self.impl)
+        else:
+            # Query i of the t new ones sits at position past + i and sees keys 0 .. past + i: a causal mask
+            # aligned bottom-right. SDPA's is_causal aligns top-left when t < past + t, so pass the mask (one
+            # new token sees every key: no mask). The flash kernel takes self-attention shapes only.
+            mask = None
+            if t > 1:
+                mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
 
@@ -79,8 +130,8 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -129,18 +180,22 @@ class DNAGPT(nn.Module):
         num_in_mask: torch.Tensor | None = None,
         *,
         token_embeds: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) -> final hidden states (B, T, D).
 
         ``num_values`` (B, T) float and ``num_in_mask`` (B, T) bool: where the mask is True, the
         number embedding of the value is added to that slot's token embedding. ``token_embeds``
         (B, T, D): the rows of ``wte`` for ``input_ids`` when the caller already gathered them (the
-        fused k-mer embedding, ``trainer.fused``).
+        fused k-mer embedding, ``trainer.fused``). ``cache``: the tokens are the next ``T`` positions after
+        the ``cache.length`` already decoded (keys and values of those are read from the cache, these are
+        appended to it); without one they are positions 0 .. T-1.
         """
         b, t = input_ids.shape
-        if t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
-        pos = torch.arange(t, device=input_ids.device)
+        past = 0 if cache is None else cache.length
+        if past + t > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {past + t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        pos = torch.arange(past, past + t, device=input_ids.device)
         if token_embeds is None:
             token_embeds = kernels.token_embedding(input_ids, self.wte.weight)
         x = token_embeds + self.wpe(pos)  # (B, T, D)
@@ -148,9 +203,28 @@ class DNAGPT(nn.Module):
             emb = self.num_embed(num_values.unsqueeze(-1).to(x.dtype))  # (B, T, D), cheap: 2 small matmuls
             x = x + emb * num_in_mask.unsqueeze(-1).to(x.dtype)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x) if cache is None else block(x, cache, i)
+        if cache is not None:
+            cache.length += t
         return self.ln_f(x)
+
+    def new_cache(
+        self, batch_size: int, *, max_len: int | None = None, device=None, dtype: torch.dtype | None = None
+    ) -> KVCache:
+        """An empty KVCache for ``batch_size`` rows of up to ``max_len`` positions (default: the context).
+        Memory: 2 x n_layer x B x max_len x d_model values."""
+        w = self.wte.weight
+        cfg = self.cfg
+        return KVCache(
+            n_layer=cfg.n_layer,
+            batch_size=batch_size,
+            n_head=cfg.n_head,
+            head_dim=cfg.d_model // cfg.n_head,
+            max_len=min(max_len or cfg.max_seq_len, cfg.max_seq_len),
+            device=device or w.device,
+            dtype=dtype or w.dtype,
+        )
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) through the tied embedding matrix."""
