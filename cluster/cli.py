@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from datapipe import cli as prepare_cli
     from eval import cli as eval_cli
     from trainer import cli as pretrain_cli
+    from trainer import generate_cli
 
     parser = argparse.ArgumentParser(
         prog="dnafm",
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cli.add_parser(sub)
     pretrain_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    generate_cli.add_parser(sub)
     demo.add_parser(sub)
     # What the lower layers' commands need from this layer, handed down as arguments: joining Ray, and
     # starting the ranks of a run (they never import cluster/).
