@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster import demo
     from datapipe import cli as prepare_cli
     from eval import cli as eval_cli
+    from eval import genomes_cli
     from trainer import cli as pretrain_cli
     from trainer import generate_cli
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain_cli.add_parser(sub)
     eval_cli.add_parser(sub)
     generate_cli.add_parser(sub)
+    genomes_cli.add_parser(sub)
     demo.add_parser(sub)
     # What the lower layers' commands need from this layer, handed down as arguments: joining Ray, and
     # starting the ranks of a run (they never import cluster/).
