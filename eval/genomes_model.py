@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,6 +185,7 @@ def finetune_haplotypes(
     history = [{"epoch": 0, "val_loss": mean_loss(engine.module, val_ids, val_values, device)}]
     best, best_state, step = history[0]["val_loss"], copy.deepcopy(engine.module.state_dict()), 0
     log.info("haplotype fine-tune: %d windows of %d SNPs per epoch, %d steps", len(ids), plan.width, total)
+    start = time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         engine.train()
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(ids))
@@ -198,6 +200,9 @@ def finetune_haplotypes(
             running.append(float(loss.detach()))
             if step % 20 == 0:
                 tracker.log_metrics({"finetune/loss": float(np.mean(running[-20:]))}, step=step)
+            if step % max(total // 20, 1) == 0:  # milestones for the log (the bar is quiet off a terminal)
+                rate = step / (time.perf_counter() - start)
+                log.info("step %d/%d: loss %.4f (%.2f steps/s)", step, total, np.mean(running[-20:]), rate)
             if step >= total:
                 break
         val_loss = mean_loss(engine.module, val_ids, val_values, device)
