@@ -151,3 +151,18 @@ def test_generation_in_windows_carries_the_haplotype_across_windows():
         for b in (5, 2)
     ]
     assert np.array_equal(*greedy)  # greedy: the batch size changes nothing
+
+
+def test_a_10000_snp_panel_with_a_4096_token_model():
+    """4 windows: one fine-tuning step on them, then generation of the whole panel (an untrained 1-layer model:
+    what is under test is that every window fits and the panel comes out whole)."""
+    torch.manual_seed(0)
+    gpt = DNAGPT(GPTConfig(vocab_size=40, max_seq_len=4096, n_layer=1, n_head=2, d_model=16))
+    x = rand(4, 10_000, 14)
+    plan = plan_windows(10_000, 4096)
+    ids = np.concatenate([window_tokens(x[:1], plan, k)[0] for k in range(4)])
+    values = np.concatenate([window_tokens(x[:1], plan, k)[1] for k in range(4)])
+    HaplotypeLM(gpt)(torch.from_numpy(ids), torch.from_numpy(values)).backward()
+    assert gpt.wpe.weight.grad[4094].abs().sum() > 0  # the last position that predicts an allele
+    out = generate_haplotypes(gpt.eval(), 2, 10_000, sampling=SamplingConfig(batch_size=2))
+    assert out.shape == (2, 10_000) and 0.3 < out.mean() < 0.7
