@@ -6,7 +6,8 @@ All sets are (H, S) 0/1 matrices over the same SNPs.
 - allele frequencies: Pearson r between the real and the artificial per-SNP frequency of allele 1;
 - linkage disequilibrium: r^2 = squared Pearson correlation of two SNPs' alleles over haplotypes, for every pair;
   the real and artificial r^2 of all pairs compared by Pearson r; and LD decay: mean r^2 of same-chromosome pairs
-  by distance (when positions are known);
+  by distance (when positions are known), summarised as the mean absolute difference from the real curve over
+  the distance bins;
 - population structure: a PCA fitted on real + artificial (scikit-learn), and the Wasserstein distance between
   the two sets' coordinates on PC1 and on PC2;
 - pairwise Hamming distances within the real set, within the artificial set and between them; the Wasserstein
@@ -195,4 +196,6 @@ def score_set(
     if decay is not None:
         snps, edges = decay
         plots["decay"] = ld_decay(ag[:, ld_cols], snps, edges, r2=ag_ld)[0]
+        real_decay = ld_decay(test[:, ld_cols], snps, edges, r2=real_ld)[0]
+        m["ld_decay_mean_abs_diff"] = float(np.nanmean(np.abs(plots["decay"] - real_decay)))
     return SetScore(name=name, metrics=m, plots=plots)

@@ -19,9 +19,9 @@ def _plt():
     return plt
 
 
-def _grid(n: int, size: float = 3.6):
+def _grid(n: int, size: float = 3.6, **kw):
     plt = _plt()
-    fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False, **kw)
     return plt, fig, axes[0]
 
 
@@ -60,10 +60,11 @@ def plot_allele_freq(scores: list[SetScore], path: Path) -> Path:
 
 def plot_ld(real_ld: np.ndarray, scores: list[SetScore], path: Path) -> Path:
     """Each panel: real r^2 below the diagonal, the set's above it."""
-    plt, fig, axes = _grid(len(scores), size=4.0)
+    plt, fig, axes = _grid(len(scores), size=3.8, layout="constrained")
     lower = np.tril(np.ones_like(real_ld, dtype=bool), k=-1)
     for ax, s in zip(axes, scores, strict=True):
         both = np.where(lower, real_ld, s.plots["ld_ag"])
+        np.fill_diagonal(both, 0.0)  # r^2 = 1 there; drawn, it only aliases into dashes
         im = ax.imshow(np.nan_to_num(both), cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(
             f"LD r^2: real (lower) / {s.name} (upper)\nr = {s.metrics['ld_pearson']:.4f}", fontsize=9

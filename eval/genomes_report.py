@@ -17,6 +17,7 @@ METRICS = {
     "af_pearson": ("allele-frequency Pearson r (all held-out vs all of the set)", "1"),
     "af_mean_abs_diff": ("mean |allele-frequency difference|", "0"),
     "ld_pearson": ("Pearson r of the pairwise LD r^2 of all SNP pairs", "1"),
+    "ld_decay_mean_abs_diff": ("mean |LD-decay difference| over distance bins (same-chromosome pairs)", "0"),
     "pca_wasserstein_pc1": ("Wasserstein distance of real vs set on PC1 (PCA of real + set)", "as held-in"),
     "pca_wasserstein_pc2": ("same on PC2", "as held-in"),
     "hamming_within_wasserstein": ("W(within-set Hamming distances, within-real)", "as held-in"),
