@@ -188,7 +188,7 @@ def read_legend(path: str | Path) -> SnpTable:
     with _text_lines(path) as f:
         for n, raw in enumerate(f, start=1):
             parts = raw.decode(errors="replace").split()
-            if not parts or (n == 1 and not parts[1].isdigit()):
+            if not parts or (n == 1 and not (len(parts) > 1 and parts[1].isdigit())):
                 continue  # the header line
             if len(parts) < 4 or not parts[1].isdigit():
                 raise InputError(path, n, "expected 'id position a0 a1'")
