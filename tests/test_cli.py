@@ -14,7 +14,15 @@ GENOME = str(REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz")
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["prepare", "--help"], ["pretrain", "--help"], ["eval", "--help"], ["demo", "--help"]],
+    [
+        ["--help"],
+        ["prepare", "--help"],
+        ["pretrain", "--help"],
+        ["eval", "--help"],
+        ["generate", "--help"],
+        ["genomes", "--help"],
+        ["demo", "--help"],
+    ],
 )
 def test_help(args):
     proc = run_cli(*args)
