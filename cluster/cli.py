@@ -48,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["prepare"].set_defaults(ray_connect=_ray_connect)
     sub.choices["pretrain"].set_defaults(launch=_launch_pretrain)
     sub.choices["eval"].set_defaults(launch=_launch_eval)
+    sub.choices["genomes"].set_defaults(init_group=_init_group)
     return parser
+
+
+def _init_group():
+    from cluster.launch import init_process_group
+
+    return init_process_group()
 
 
 def _ray_connect(*args, **kwargs):

@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -173,12 +174,12 @@ def _subset(snps: SnpTable, cols: np.ndarray) -> SnpTable:
     )
 
 
-def run_genomes(cfg: GenomesConfig, *, checkpoint: Path, out_dir: Path) -> list[SetScore]:
-    """The whole run (module docstring); returns the scores (ours first)."""
+def run_genomes(cfg: GenomesConfig, *, checkpoint: Path, out_dir: Path, init_group: Any) -> list[SetScore]:
+    """The whole run (module docstring); returns the scores (ours first). ``init_group()`` sets up the
+    single-rank process group the fine-tuning engine runs on (``cluster.launch.init_process_group``)."""
     from eval.genomes_model import finetune_haplotypes, generate_haplotypes
     from eval.genomes_report import write_report
     from eval.haplotypes import write_hapt
-    from trainer.engine import init_distributed
     from trainer.models.export import load_export
 
     inputs = load_inputs(cfg)
@@ -187,7 +188,7 @@ def run_genomes(cfg: GenomesConfig, *, checkpoint: Path, out_dir: Path) -> list[
     model, pcfg, _ = load_export(checkpoint)
     if pcfg.family != "dnagpt":
         raise UsageError(f"{checkpoint}: a {pcfg.family} checkpoint cannot generate; pass a DNAGPT one")
-    dist_info = init_distributed()
+    dist_info = init_group()
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out_dir / "genomes_config.json")
     uri = default_tracking_uri(out_dir)

@@ -90,6 +90,6 @@ def run(args: argparse.Namespace) -> int:
     from trainer.models.export import find_export
 
     find_export(args.checkpoint)  # fail before any work if it is not there
-    run_genomes(cfg, checkpoint=args.checkpoint, out_dir=args.out)
+    run_genomes(cfg, checkpoint=args.checkpoint, out_dir=args.out, init_group=args.init_group)
     print((args.out / "report.md").read_text())
     return 0
