@@ -123,6 +123,23 @@ def test_loss_components_and_gradients():
     assert model.num_head[0].weight.grad is not None and model.num_head[0].weight.grad.abs().sum() > 0
 
 
+def test_objective_weights_and_the_two_way_order_softmax():
+    from trainer.config import ObjectivesConfig
+
+    model = tiny().train()
+    builder = GptSampleBuilder(tokenizer=TOK, max_seq_len=32)
+    rng = np.random.default_rng(1)
+    batch = builder([sample("".join(rng.choice(list("ACGT"), 60))) for _ in range(4)], rng)
+    obj = ObjectivesConfig(lm_weight=0.0, order_weight=1.0, gc_weight=100.0, order_softmax="answers")
+    out = dnagpt_pretrain_loss(model, batch, objectives=obj)
+    torch.testing.assert_close(out["loss"], out["loss_order"] + 100.0 * out["loss_gc"])
+    # the 2-way order loss of an untrained model starts near ln 2, not near ln V
+    assert abs(out["loss_order"].item() - np.log(2)) < 0.1
+    assert not out["loss_lm"].requires_grad and abs(out["loss_lm"].item() - np.log(TOK.vocab_size)) < 0.5
+    out["loss"].backward()
+    assert model.wte.weight.grad is not None and model.wte.weight.grad[:2].abs().sum() > 0
+
+
 def test_activation_checkpointing_wraps_every_block():
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 

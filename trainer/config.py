@@ -77,6 +77,24 @@ class TrainConfig(Config):
 
 
 @dataclass(kw_only=True)
+class ObjectivesConfig(Config):
+    """Weights of the DNAGPT pretraining loss: lm_weight x next-token CE + order_weight x order CE + gc_weight
+    x GC MSE (DNABERT ignores this section). The published recipe is 1, 1, 0.01."""
+
+    lm_weight: float = 1.0
+    order_weight: float = 1.0
+    gc_weight: float = 0.01
+    order_softmax: Literal["vocab", "answers"] = "vocab"
+    """'vocab': the order answer is a next-token prediction over the whole vocabulary (starts at ln V nats);
+    'answers': a 2-way softmax over the answer tokens <0> / <1> only (starts at ln 2)."""
+
+    def __post_init__(self) -> None:
+        for name in ("lm_weight", "order_weight", "gc_weight"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.lm_weight + self.order_weight + self.gc_weight > 0, "lm_weight", "all weights are 0")
+
+
+@dataclass(kw_only=True)
 class TrackingConfig(Config):
     enabled: bool = True
     experiment: str = "dnafm-pretrain"
@@ -97,6 +115,8 @@ class PretrainConfig(Config):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """DNABERT span masking (unused by DNAGPT)."""
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    """DNAGPT loss weights (unused by DNABERT)."""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, _prefix: str = "") -> Self:

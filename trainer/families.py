@@ -31,7 +31,7 @@ def _gpt_build(cfg: PretrainConfig) -> torch.nn.Module:
     from trainer.losses import DNAGPTForPretraining
     from trainer.models.gpt import DNAGPT
 
-    return DNAGPTForPretraining(DNAGPT(cfg.model), tokenizer=cfg.tokenizer)
+    return DNAGPTForPretraining(DNAGPT(cfg.model), tokenizer=cfg.tokenizer, objectives=cfg.objectives)
 
 
 def _gpt_collate(cfg: PretrainConfig, tok: Tokenizer):

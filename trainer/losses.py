@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from datapipe.tokenizers import get_tokenizer
+from trainer.config import ObjectivesConfig
 from trainer.fused import embed_bases
 from trainer.models.gpt import DNAGPT
 from trainer.samples import IGNORE, gpt_targets
 
-GC_LOSS_WEIGHT = 0.01
+GC_LOSS_WEIGHT = 0.01  # the published weight; ObjectivesConfig.gc_weight sets a run's
+ORDER_ANSWERS = (0, 1)  # ids of <0> (forward) and <1> (reversed) in every DNAGPT vocabulary
 
 
 def _token_inputs(
@@ -39,10 +41,15 @@ def _token_inputs(
 
 
 def dnagpt_pretrain_loss(
-    model: DNAGPT, batch: dict[str, torch.Tensor], tokenizer: str | None = None
+    model: DNAGPT,
+    batch: dict[str, torch.Tensor],
+    tokenizer: str | None = None,
+    objectives: ObjectivesConfig | None = None,
 ) -> dict[str, torch.Tensor]:
     """Returns {'loss', 'loss_lm', 'loss_order', 'loss_gc', 'order_acc'}; 'loss' carries the gradient.
-    ``tokenizer``: needed when ``model.cfg.embedding == 'fused'`` (the batch then holds bases)."""
+    ``tokenizer``: needed when ``model.cfg.embedding == 'fused'`` (the batch then holds bases).
+    ``objectives``: the loss weights and the order softmax (default: the published 1, 1, 0.01, vocabulary)."""
+    obj = objectives or ObjectivesConfig()
     ids, embeds = _token_inputs(batch, model.cfg.embedding, model.wte.weight, tokenizer)
     batch = {**batch, "input_ids": ids}
     batch = {**batch, **gpt_targets(batch)}  # the loader ships ids + lengths; targets are built here
@@ -50,15 +57,21 @@ def dnagpt_pretrain_loss(
     lm_mask = batch["lm_targets"] != IGNORE
     # Project only the positions that carry a target: the (B, T, V) logits tensor is the largest
     # activation of a small model (V = 15-20k), so skip it for template and padding positions.
-    lm_logits = model.lm_logits(hidden[lm_mask])  # (N_lm, V)
-    loss_lm = F.cross_entropy(lm_logits.float(), batch["lm_targets"][lm_mask])
+    # With lm_weight 0 the next-token loss is still measured (logged), but without a graph: its (N_lm, V)
+    # backward is most of a small model's step.
+    with torch.set_grad_enabled(obj.lm_weight > 0 and torch.is_grad_enabled()):
+        lm_logits = model.lm_logits(hidden[lm_mask])  # (N_lm, V)
+        loss_lm = F.cross_entropy(lm_logits.float(), batch["lm_targets"][lm_mask])
     order_mask = batch["order_targets"] != IGNORE
     order_logits = model.lm_logits(hidden[order_mask]).float()  # (B, V)
     order_targets = batch["order_targets"][order_mask]
+    if obj.order_softmax == "answers":  # 2-way: the answer tokens <0> (forward), <1> (reversed) only
+        order_logits = order_logits[:, list(ORDER_ANSWERS)]  # (B, 2)
+        order_targets = (order_targets == ORDER_ANSWERS[1]).long()
     loss_order = F.cross_entropy(order_logits, order_targets)
     gc_pred = model.regress(hidden[batch["gc_mask"]]).float()  # (B,)
     loss_gc = F.mse_loss(gc_pred, batch["gc_targets"][batch["gc_mask"]])
-    loss = loss_lm + loss_order + GC_LOSS_WEIGHT * loss_gc
+    loss = obj.lm_weight * loss_lm + obj.order_weight * loss_order + obj.gc_weight * loss_gc
     order_acc = (order_logits.argmax(-1) == order_targets).float().mean()
     return {
         "loss": loss,
@@ -73,13 +86,14 @@ class DNAGPTForPretraining(torch.nn.Module):
     """What the DeepSpeed engine wraps: forward(batch) -> loss dict, so the whole loss runs inside
     the engine's forward (ZeRO-3 gathers parameters per forward call)."""
 
-    def __init__(self, gpt: DNAGPT, tokenizer: str | None = None):
+    def __init__(self, gpt: DNAGPT, tokenizer: str | None = None, objectives: ObjectivesConfig | None = None):
         super().__init__()
         self.gpt = gpt
         self.tokenizer = tokenizer
+        self.objectives = objectives
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return dnagpt_pretrain_loss(self.gpt, batch, self.tokenizer)
+        return dnagpt_pretrain_loss(self.gpt, batch, self.tokenizer, self.objectives)
 
 
 class DNABERTForPretraining(torch.nn.Module):
