@@ -107,7 +107,10 @@ def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
 def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig) -> None:
     from datapipe.common.config import flatten
 
-    old, new = flatten(saved), flatten(json.loads(json.dumps(cfg.to_dict())))  # tuples -> lists, as saved
+    # Read the saved config back through the dataclasses: a field added since it was saved (e.g. objectives.*)
+    # takes its default, so only real differences count. Tuples -> lists on both sides, as JSON saves them.
+    as_saved = json.loads(json.dumps(PretrainConfig.from_dict(saved).to_dict()))
+    old, new = flatten(as_saved), flatten(json.loads(json.dumps(cfg.to_dict())))
     changed = sorted(
         k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
     )
