@@ -125,7 +125,10 @@ class RayCluster:
         # start_new_session: `ray start` leads a new process group that everything it starts keeps (the
         # group id is its pid), so the node can be killed as one without touching other Ray instances.
         proc = subprocess.Popen(
-            [*prefix, RAY, "start", f"--node-ip-address={ip}", "--disable-usage-stats", *args],
+            # the agent's HTTP port is Ray's fixed 52365 unless given: a second instance on the machine (a
+            # private `ray.init`) would take it and leave this node with "No available agent to submit job"
+            [*prefix, RAY, "start", f"--node-ip-address={ip}", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={free_port()}", *args],  # fmt: skip
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -67,7 +67,7 @@ def test_task_run_step_alone(tmp_path):
     parts = split(data, seed=3)
     job = Job(data=data, species_token="R", task=None, source="toy set")
     cfg = EvalConfig(tasks=(), user_task=UserTaskConfig(data="toy.csv"), split_seed=3)
-    run = open_task_run(job, cfg, parts, out_dir=tmp_path, parent=None)
+    run = open_task_run(job, cfg, parts, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", parent=None)
     run.finish()
     params = MlflowClient(run.tracking_uri).get_run(run.run_id).data.params
     assert params["task"] == "toy" and params["n_test"] == str(len(parts.test))

@@ -321,18 +321,28 @@ def test_losing_node_1_continues_at_world_size_1_with_the_global_batch_kept(
     """Elastic (1-2 workers): node 1 (raylet and worker) is killed mid-run; Ray restarts the group on node 0,
     which has room for one rank, from the last complete checkpoint through the universal checkpoint, with 2
     micro-batches per step; the curve continues the 2-rank curve within the world-size-change tolerance."""
-    out = tmp_path / "run"
-    ray2.wait_for_free_cpus(2)  # elastic starts with what is free: make that both ranks
-    proc = ray_train(nodes, ray2, data, out, "--num-workers", "1-2", "--placement", "spread", "--max-failures", "3",
-                     wait=False)  # fmt: skip
+    # A cluster of its own: Ray Train's elastic policy sizes the group from a detached coordinator actor whose
+    # view of the nodes refreshes every 20 s; on the module's cluster, reused across runs, that view can be stale
+    # and the run start at 1 worker, with no loss to survive. A fresh coordinator reads the nodes at the start.
+    cluster = RayCluster.start(ip=nodes.ip[0], num_cpus=1, prefix=nodes.prefix(0), multinode=True, env=node_env())
     try:
-        _wait_for_checkpoint(out, 8, proc)
-        killed = time.time()
-        nodes.kill_node(1)
-        text, _ = proc.communicate(timeout=900)
+        cluster.add_node(ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1))
+        cluster.wait_for_free_cpus(2)
+        out = tmp_path / "run"
+        proc = ray_train(nodes, cluster, data, out, "--num-workers", "1-2", "--placement", "spread",
+                         "--max-failures", "3", wait=False)  # fmt: skip
+        try:
+            _wait_for_checkpoint(out, 8, proc)
+            started = json.loads((out / "checkpoints/step0000008/dnafm_state.json").read_text())["world_size"]
+            assert started == 2, "the elastic run started at world size 1: nothing to lose"
+            killed = time.time()
+            nodes.kill_node(1)
+            text, _ = proc.communicate(timeout=900)
+        finally:
+            proc.kill()
+            ray2.add_node(ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1))  # the module's cluster lost it too
     finally:
-        proc.kill()
-        ray2.add_node(ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1))  # node 1 back for the next tests
+        cluster.stop()
     assert proc.returncode == 0, text[-4000:]
     assert "world size 1: 2 micro-batches per step keep the global batch of 8" in text, text[-6000:]
     assert "(world size 2 -> 1)" in text, text[-6000:]
