@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster import demo
     from datapipe import cli as prepare_cli
     from eval import cli as eval_cli
-    from eval import genomes_cli
+    from eval import compare_cli, genomes_cli
     from trainer import cli as pretrain_cli
     from trainer import generate_cli
 
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cli.add_parser(sub)
     pretrain_cli.add_parser(sub)
     eval_cli.add_parser(sub)
+    compare_cli.add_parser(sub)
     generate_cli.add_parser(sub)
     genomes_cli.add_parser(sub)
     demo.add_parser(sub)

@@ -41,10 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default ./demo-out)")
     p.add_argument("--steps", type=int, default=300, help="pretraining steps (default 300)")
     p.add_argument("--quick", action="store_true", help="a much smaller run (for tests): 1 genome, few steps")
+    p.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or "dnafm-demo",
+        help="MLflow experiment of every stage (default: $MLFLOW_EXPERIMENT_NAME, else dnafm-demo)",
+    )
     p.set_defaults(func=run)
 
 
-def stage_commands(out: Path, *, steps: int, quick: bool) -> list[tuple[str, list[str]]]:
+def stage_commands(
+    out: Path, *, steps: int, quick: bool, experiment: str = "dnafm-demo"
+) -> list[tuple[str, list[str]]]:
     genomes = GENOMES[1:] if quick else GENOMES
     prepare = [
         "prepare",
@@ -86,9 +93,14 @@ def stage_commands(out: Path, *, steps: int, quick: bool) -> list[tuple[str, lis
         "--tasks",
         "pas-human",
     ]
+    evaluate += [
+        "--set",
+        "baselines=kmer,scratch",
+    ]  # what pretraining bought: the same model from random weights
     if quick:
         evaluate += ["--set", "finetune.epochs=1", "--set", "finetune.max_train_samples=256"]
-    return [("prepare", prepare), ("pretrain", pretrain), ("eval", evaluate)]
+    stages = [("prepare", prepare), ("pretrain", pretrain), ("eval", evaluate)]
+    return [(name, [*cmd, "--experiment", experiment]) for name, cmd in stages]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,14 +110,14 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     out: Path = args.out.resolve()
     steps = min(args.steps, 20) if args.quick else args.steps
-    stages = stage_commands(out, steps=steps, quick=args.quick)
+    stages = stage_commands(out, steps=steps, quick=args.quick, experiment=args.experiment)
     if args.dry_run:
         for name, cmd in stages:
             print(f"# {name}\ndnafm {' '.join(cmd)}")
         return 0
     _fresh_out(out)
     uri = default_tracking_uri(out)
-    parent = start_tracker(experiment="dnafm-demo", run_name="demo", tracking_uri=uri)
+    parent = start_tracker(experiment=args.experiment, run_name="demo", tracking_uri=uri, stage="demo")
     parent.log_params({"steps": steps, "quick": args.quick, "out": str(out)})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     if parent.run_id:
@@ -140,7 +152,14 @@ def _fresh_out(out: Path) -> None:
     (out / MARKER).write_text("made by dnafm demo; re-running the demo deletes this folder\n")
 
 
+def _ci(row: dict, key: str) -> str:
+    lo, hi = row[f"{key}_ci"]
+    return f"{row[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 def summary(out: Path, timings: dict[str, float]) -> str:
+    from eval.report import gain_sentence
+
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     metrics = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     first, last = metrics[0], metrics[-1]
@@ -161,9 +180,16 @@ def summary(out: Path, timings: dict[str, float]) -> str:
         (
             "eval: pas-human",
             f"{timings['eval']:.0f} s",
-            f"test accuracy {eval_row['accuracy']:.3f}, MCC {eval_row['mcc']:.3f}, AUROC {eval_row['auroc']:.3f} "
-            f"(4-mer LR baseline: accuracy {eval_row['baseline_accuracy']:.3f}, MCC {eval_row['baseline_mcc']:.3f})",
+            f"test accuracy {eval_row['accuracy']:.3f}, MCC {_ci(eval_row, 'mcc')}, AUROC {eval_row['auroc']:.3f}",
         ),
+        (
+            "  no pretraining",
+            "",
+            f"MCC {_ci(eval_row, 'scratch_mcc')} (the same model fine-tuned from random weights)",
+        ),
+        ("  4-mer LR", "", f"MCC {_ci(eval_row, 'baseline_mcc')}"),
+        ("  pretrained", "", gain_sentence(eval_row, "scratch", "no pretraining")),
+        ("  pretrained", "", gain_sentence(eval_row, "kmer", "the 4-mer LR")),
     ]
     width = max(len(r[0]) for r in rows)
     lines = ["", "=== dnafm demo: summary ===", f"{'stage'.ljust(width)}  time   result"]

@@ -78,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--out is required")
     # cluster.ray_connect.connect, handed down by the `dnafm` entry point (datapipe does not know clusters)
     connect = functools.partial(args.ray_connect, cfg.ray_address, num_cpus=cfg.num_workers)
-    return _prepare(specs, args.out, cfg, track=not args.no_mlflow, connect=connect)
+    return _prepare(
+        specs, args.out, cfg, track=not args.no_mlflow, experiment=args.experiment, connect=connect
+    )
 
 
 def input_specs(
@@ -130,12 +132,14 @@ def input_specs(
     return specs
 
 
-def _prepare(specs: list[Any], out: str, cfg: Any, *, track: bool, connect: Any) -> int:
+def _prepare(
+    specs: list[Any], out: str, cfg: Any, *, track: bool, experiment: str | None, connect: Any
+) -> int:
     from datapipe.prepare import run_prepare
 
     manifest = run_prepare(specs, out, cfg, connect=connect)  # leaves nothing partial behind on error
     t = manifest["totals"]
-    _track(out, cfg, manifest, enabled=track)
+    _track(out, cfg, manifest, enabled=track, experiment=experiment)
     print(
         f"prepared {t['samples']:,} samples, {t['tokens']:,} tokens in {t['shards']} shards "
         f"({t['bases'] / 1e6:.2f} Mb read, {t['windows_dropped_n']} windows dropped for N) -> {out}"
@@ -143,11 +147,19 @@ def _prepare(specs: list[Any], out: str, cfg: Any, *, track: bool, connect: Any)
     return 0
 
 
-def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> None:
+def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool, experiment: str | None) -> None:
+    """The prepare run in MLflow (config as params, totals as prepare/* metrics, the manifest as an artifact),
+    and ``OUT/mlflow_run.json`` naming it, which pretraining on these shards links to."""
     import logging
     import os
 
-    from datapipe.common.tracking import default_tracking_uri, start_tracker
+    from datapipe.common.tracking import (
+        RUN_LINK,
+        default_tracking_uri,
+        experiment_name,
+        run_link,
+        start_tracker,
+    )
     from datapipe.io import Storage
     from datapipe.shards.manifest import MANIFEST
 
@@ -158,11 +170,13 @@ def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> No
         )
         return
     out_path = Path(storage.root)
+    experiment = experiment_name(experiment, "dnafm-prepare")
     tracker = start_tracker(
-        experiment="dnafm-prepare",
+        experiment=experiment,
         run_name=f"prepare-{out_path.name}",
         tracking_uri=default_tracking_uri(out_path),
         enabled=enabled,
+        stage="prepare",
     )
     tracker.log_params({**cfg.flat(), "inputs": ",".join(s["path"] for s in manifest["inputs"])})
     totals = {f"prepare/{k}": float(v) for k, v in manifest["totals"].items()}
@@ -171,6 +185,9 @@ def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool) -> No
         tracker.log_artifact(out_path / MANIFEST)
     tracker.set_tags({"output": storage.url})
     tracker.finish()
+    link = run_link(tracker, experiment=experiment, stage="prepare")
+    if link:
+        storage.write_json(link, RUN_LINK)
 
 
 def _verify(folder: str) -> int:

@@ -10,7 +10,7 @@ from datapipe.common.cliargs import command_parser, flag_overrides
 from datapipe.common.errors import UsageError
 from eval.tasks import TASKS
 
-FLAG_FIELDS = {"no_mlflow": "tracking=false"}
+FLAG_FIELDS = {"no_mlflow": "tracking=false", "experiment": "experiment"}
 
 BUILD_HELP = """\
 --build KIND cuts a task from your genome (--genome, FASTA, .gz allowed) and annotation (--annotation; the

@@ -80,9 +80,11 @@ def finetune(
     species_token: str,
     dist_info: DistInfo,
     tracker: Tracker,
+    prefix: str = "",
 ) -> tuple[np.ndarray, dict]:
     """Train on parts.train, early-stop on parts.val (MCC, multi-class when C > 2); return ((N_test, C)
-    class probabilities on parts.test, history)."""
+    class probabilities on parts.test, history). Curves go to ``tracker`` as ``<prefix>finetune_loss`` and
+    ``<prefix>val_<metric>``."""
     torch.manual_seed(cfg.seed)
     ids, ask = encode_inputs(
         family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len, crop=cfg.crop
@@ -116,14 +118,14 @@ def finetune(
             engine.step()
             step += 1
             if step % 20 == 0:
-                tracker.log_metrics({"finetune/loss": float(loss.detach())}, step=step)
+                tracker.log_metrics({f"{prefix}finetune_loss": float(loss.detach())}, step=step)
         val = classification_metrics(
             y[parts.val],
             predict(engine.module, ids[parts.val], ask[parts.val], batch_size=64, device=dist_info.device),
             n_boot=0,
         )
         history.append({"epoch": epoch + 1, **{k: v["value"] for k, v in val.items()}})
-        tracker.log_metrics({f"val/{k}": v["value"] for k, v in val.items()}, step=step)
+        tracker.log_metrics({f"{prefix}val_{k}": v["value"] for k, v in val.items()}, step=step)
         log.info(
             "epoch %d: val accuracy %.4f, MCC %.4f", epoch + 1, val["accuracy"]["value"], val["mcc"]["value"]
         )

@@ -1,8 +1,12 @@
-"""`dnafm eval`: every task as a nested MLflow run under one parent; a summary table beside the published figures."""
+"""`dnafm eval`: every task as a nested MLflow run under one parent; a summary table beside the published figures.
+
+The evaluated checkpoint's provenance (``provenance.json`` of an export: the pretraining run, its store,
+experiment, recipe and step) is recorded with the eval runs, which by default log into the same store and
+experiment, so ``dnafm compare`` joins pretraining runs to their evaluations.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -14,12 +18,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from datapipe.common.config import Config, check
-from datapipe.common.tracking import PARENT_ENV, Tracker, default_tracking_uri, start_tracker
+from datapipe.common.tracking import (
+    PARENT_ENV,
+    Tracker,
+    default_tracking_uri,
+    experiment_name,
+    start_tracker,
+)
 from eval.baseline import kmer_baseline
 from eval.datasets import LabelledSet, Split, split
 from eval.finetune import FinetuneConfig, finetune
-from eval.metrics import METRICS, averaging, classification_metrics
+from eval.metrics import averaging, classification_metrics, paired_difference
 from eval.plots import plot_task
+from eval.report import mlflow_metrics, task_row, write_summary
 from eval.tasks import Task, load_task
 from eval.user_tasks import UserTaskConfig, build_user_task, read_user_data
 
@@ -34,12 +45,21 @@ class EvalConfig(Config):
     """A user's own labelled file (user_task.data) or a task built from their genome + annotation."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     split_seed: int = 0
-    experiment: str = "dnafm-eval"
+    baselines: tuple[str, ...] = ("kmer",)
+    """Beside the pretrained model: 'kmer' (a 4-mer logistic regression) and/or 'scratch' (the same
+    architecture fine-tuned the same way from random initialisation: what pretraining bought)."""
+    experiment: str | None = None
+    """MLflow experiment; None: the pretraining run's (named by the checkpoint), else 'dnafm-eval'."""
+    tracking_uri: str | None = None
+    """None: $MLFLOW_TRACKING_URI, else the pretraining run's local store (so both are compared together),
+    else OUT/mlflow.db."""
     data_root: str | None = None
     """Folder of the public data collection for the non-shipped tasks (layout: eval/tasks.py)."""
     tracking: bool = True
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.baselines) - {"kmer", "scratch"})
+        check(not unknown, "baselines", f"{unknown}: choose from kmer, scratch (comma-separated)")
         sources = [bool(self.tasks), self.user_task.data is not None, self.user_task.build is not None]
         check(
             sum(sources) == 1,
@@ -85,18 +105,34 @@ class RunJobs(Protocol):
                  parent: str | None) -> list[dict[str, Any]]: ...  # fmt: skip
 
 
+def where_to_log(cfg: EvalConfig, provenance: dict[str, Any], out_dir: Path) -> tuple[str, str]:
+    """(tracking URI, experiment) of an eval run: set ones, else the pretraining run's, else OUT's own."""
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is None:
+        theirs = provenance.get("tracking_uri", "")
+        local = theirs.startswith("sqlite:///") and Path(theirs.removeprefix("sqlite:///")).exists()
+        uri = theirs if local else default_tracking_uri(out_dir)
+    return uri, experiment_name(cfg.experiment, provenance.get("experiment") or "dnafm-eval")
+
+
 def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, run_jobs: RunJobs) -> list[dict[str, Any]]:
     """Every set: fine-tune, score, plot, one nested MLflow run each (``run_jobs`` runs them: in this process,
-    or as Ray tasks); then summary.md / summary.csv."""
+    or as Ray tasks); then summary.md / summary.csv, and every task's test metrics on the parent run."""
+    from trainer.models.export import read_provenance
+
     jobs = load_jobs(cfg)
+    provenance = read_provenance(checkpoint)
+    uri, experiment = where_to_log(cfg, provenance, out_dir)
+    cfg = cfg.with_overrides([f"experiment={experiment}", f"tracking_uri={uri}"])
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg.save_json(out_dir / "eval_config.json")
-    uri = default_tracking_uri(out_dir)
-    parent = start_tracker(
-        experiment=cfg.experiment, run_name=f"eval-{checkpoint.name}", tracking_uri=uri, enabled=cfg.tracking
-    )
-    parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint)})
+    links = _links(provenance)
+    parent = start_tracker(experiment=experiment, run_name=f"eval-{checkpoint.name}", tracking_uri=uri,
+                           enabled=cfg.tracking, stage="eval", tags=links)  # fmt: skip
+    parent.log_params({**cfg.flat(), "checkpoint": str(checkpoint), **_provenance_params(provenance)})
     rows = run_jobs(jobs, cfg, checkpoint=checkpoint, out_dir=out_dir, tracking_uri=uri, parent=parent.run_id)
+    for row in rows:
+        parent.log_metrics(mlflow_metrics(row), step=0)
     md, csv_path = write_summary(rows, out_dir)
     parent.log_artifact(md)
     parent.log_artifact(csv_path)
@@ -104,17 +140,35 @@ def run_eval(cfg: EvalConfig, *, checkpoint: Path, out_dir: Path, run_jobs: RunJ
     return rows
 
 
+def _links(provenance: dict[str, Any]) -> dict[str, str]:
+    return {"dnafm.pretrain_run_id": provenance["run_id"]} if provenance.get("run_id") else {}
+
+
+def _provenance_params(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The pretraining run evaluated: its id, recipe and step (what the checkpoint's provenance says)."""
+    keys = ("run_id", "recipe", "step", "tokens_seen")
+    return {f"pretrain.{k}": provenance[k] for k in keys if provenance.get(k) is not None}
+
+
 def open_task_run(
-    job: Job, cfg: EvalConfig, parts: Split, *, tracking_uri: str, parent: str | None
+    job: Job,
+    cfg: EvalConfig,
+    parts: Split,
+    *,
+    tracking_uri: str,
+    parent: str | None,
+    tags: dict | None = None,
 ) -> Tracker:
     """The task's MLflow run, nested under ``parent``, with what it was trained and scored on as params."""
     data = job.data
     child = start_tracker(
-        experiment=cfg.experiment,
+        experiment=experiment_name(cfg.experiment, "dnafm-eval"),
         run_name=f"task-{data.name}",
         tracking_uri=tracking_uri,
         enabled=cfg.tracking,
         parent_run_id=parent or os.environ.get(PARENT_ENV),
+        stage="eval-task",
+        tags=tags,
     )
     child.log_params(
         {
@@ -134,15 +188,23 @@ def open_task_run(
     return child
 
 
-def score(data: LabelledSet, parts: Split, prob: np.ndarray, seed: int) -> dict[str, Any]:
-    """Test metrics of ours (``prob`` (N_test, C)) and of the k-mer baseline, with bootstrap CIs."""
+def score(
+    data: LabelledSet, parts: Split, prob: np.ndarray, seed: int, scratch: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Test metrics of ours (``prob`` (N_test, C)), of the k-mer baseline and, when given, of the model fine-tuned
+    from random initialisation (``scratch``), with bootstrap CIs; paired MCC differences of ours against each."""
     y_test = data.labels[parts.test]
     base_prob = _baseline(data, parts, seed)
-    return {
+    out = {
         "ours": classification_metrics(y_test, prob, seed=seed),
         "baseline": classification_metrics(y_test, base_prob, seed=seed),
         "baseline_prob": base_prob,
+        "gain_vs_kmer": paired_difference(y_test, prob, base_prob, seed=seed),
     }
+    if scratch is not None:
+        out["scratch"] = classification_metrics(y_test, scratch, seed=seed)
+        out["gain_vs_scratch"] = paired_difference(y_test, prob, scratch, seed=seed)
+    return out
 
 
 def evaluate_job(
@@ -155,96 +217,50 @@ def evaluate_job(
     tracking_uri: str,
     parent: str | None,
 ) -> dict[str, Any]:
-    """One set from fresh pretrained weights: fine-tune, score, plots and ``<task>.json``; its summary row."""
-    from trainer.models.export import load_export
+    """One set from fresh pretrained weights (and, with the 'scratch' baseline, from random ones): fine-tune,
+    score, plots and ``<task>.json``; its summary row."""
+    from trainer.models.export import load_export, read_provenance
 
     t0 = time.perf_counter()
     data = job.data
     model, pre_cfg, tok = load_export(checkpoint)
     parts = split(data, seed=cfg.split_seed)
-    child = open_task_run(job, cfg, parts, tracking_uri=tracking_uri, parent=parent)
-    prob, info = finetune(
-        model,
-        pre_cfg.family,
-        tok,
-        cfg.finetune,
-        data=data,
-        parts=parts,
-        species_token=job.species_token,
-        dist_info=dist_info,
-        tracker=child,
-    )
-    scores = score(data, parts, prob, cfg.split_seed)
-    ours, base = scores["ours"], scores["baseline"]
-    child.log_metrics(
-        {
-            **{f"test/{k}": v["value"] for k, v in ours.items()},
-            **{f"baseline/{k}": v["value"] for k, v in base.items()},
-        },
-        step=0,
-    )
+    child = open_task_run(job, cfg, parts, tracking_uri=tracking_uri, parent=parent,
+                          tags=_links(read_provenance(checkpoint)))  # fmt: skip
+    tune = dict(family=pre_cfg.family, tok=tok, cfg=cfg.finetune, data=data, parts=parts,
+                species_token=job.species_token, dist_info=dist_info, tracker=child,
+                prefix=f"eval/{data.name}/")  # fmt: skip
+    prob, info = finetune(model, **tune)
+    scratch = None
+    if "scratch" in cfg.baselines:
+        scratch, _ = finetune(
+            _random_twin(pre_cfg, cfg.finetune.seed), **{**tune, "prefix": f"eval/{data.name}/scratch/"}
+        )
+    scores = score(data, parts, prob, cfg.split_seed, scratch=scratch)
     y_test = data.labels[parts.test]
     pngs = plot_task(y_test, prob, scores["baseline_prob"], out_dir / data.name, class_names=data.class_names)
     for png in pngs:
         child.log_artifact(png, "plots")
+    row = task_row(data, scores, job, parts, time.perf_counter() - t0)
+    child.log_metrics(mlflow_metrics(row), step=0)
     child.finish()
-    row = _row(data, ours, base, job, parts, time.perf_counter() - t0)
     (out_dir / f"{data.name}.json").write_text(
         json.dumps({**row, "history": info["history"]}, indent=2) + "\n"
     )
     return row
 
 
+def _random_twin(pre_cfg: Any, seed: int):
+    """The pretrained model's architecture with a fresh random initialisation (seeded)."""
+    import torch
+
+    from trainer.models import build_model
+
+    torch.manual_seed(seed)
+    return build_model(pre_cfg.family, pre_cfg.model).eval()
+
+
 def _baseline(data: LabelledSet, parts, seed: int):
     train = [data.sequences[i] for i in parts.train]
     test = [data.sequences[i] for i in parts.test]
     return kmer_baseline(train, data.labels[parts.train], test, num_classes=data.num_classes, seed=seed)
-
-
-def _row(data: LabelledSet, ours: dict, base: dict, job: Job, parts, seconds: float) -> dict[str, Any]:
-    task = job.task
-    row: dict[str, Any] = {
-        "task": data.name,
-        "source": job.source,
-        "n_test": len(parts.test),
-        "n_classes": data.num_classes,
-        "classes": list(data.class_names),
-        "averaging": averaging(data.num_classes),
-        "test_sha256": parts.hashes["test"][:12],
-        "seconds": round(seconds, 1),
-    }
-    for m in METRICS:
-        row[f"{m}"] = ours[m]["value"]
-        row[f"{m}_ci"] = [ours[m]["lo"], ours[m]["hi"]]
-        row[f"baseline_{m}"] = base[m]["value"]
-    row["published"] = dict(task.published or {}) if task else {}
-    row["published_note"] = task.published_note if task else "user data: no published figure"
-    return row
-
-
-def write_summary(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    """summary.md and summary.csv: ours [95% CI], the k-mer baseline and the published figure, metric named;
-    'averaging' says per row whether F1/AUROC are binary or macro over C classes."""
-    header = (
-        ["task", "classes", "averaging"]
-        + [f"{m} (dnafm)" for m in METRICS]
-        + [f"{m} (4-mer LR)" for m in METRICS]
-        + ["published", "test split sha256"]
-    )
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    table = []
-    for r in rows:
-        ours = [f"{r[m]:.4f} [{r[m + '_ci'][0]:.3f}, {r[m + '_ci'][1]:.3f}]" for m in METRICS]
-        base = [f"{r['baseline_' + m]:.4f}" for m in METRICS]
-        pub = ", ".join(f"{k} {v}" for k, v in r["published"].items()) or f"none ({r['published_note']})"
-        cells = [r["task"], str(r["n_classes"]), r["averaging"], *ours, *base, pub, r["test_sha256"]]
-        lines.append("| " + " | ".join(cells) + " |")
-        table.append(cells)
-    md = out_dir / "summary.md"
-    md.write_text("\n".join(lines) + "\n")
-    csv_path = out_dir / "summary.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(table)
-    return md, csv_path

@@ -43,18 +43,24 @@ def test_demo_eval_reports_with_metrics_named(demo_run):
     assert 0.0 <= row["accuracy"] <= 1.0 and row["n_test"] == 1508
 
 
-def test_demo_logs_every_stage_to_one_mlflow_store(demo_run):
+def test_demo_logs_every_stage_to_one_mlflow_experiment_linked(demo_run):
+    """One experiment (tagged for MLflow's runs view), the stages nested under the demo run, and linked: the
+    pretraining run names its prepare run, the eval run its pretraining run."""
     client = MlflowClient(tracking_uri=f"sqlite:///{demo_run / 'mlflow.db'}")
-    runs = {}
-    for name in ("dnafm-demo", "dnafm-prepare", "dnafm-pretrain", "dnafm-eval"):
-        exp = client.get_experiment_by_name(name)
-        assert exp is not None, name
-        runs[name] = client.search_runs([exp.experiment_id])
-    parent = runs["dnafm-demo"][0].info.run_id
-    for name in ("dnafm-prepare", "dnafm-pretrain"):
-        assert runs[name][0].data.tags["mlflow.parentRunId"] == parent
-    pretrain = runs["dnafm-pretrain"][0]
+    assert [e.name for e in client.search_experiments()] == ["dnafm-demo"]
+    exp = client.get_experiment_by_name("dnafm-demo")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs: dict[str, list] = {}
+    for r in client.search_runs([exp.experiment_id]):
+        runs.setdefault(r.data.tags.get("dnafm.stage"), []).append(r)
+    assert sorted(runs) == ["demo", "eval", "eval-task", "prepare", "pretrain"]
+    parent = runs["demo"][0].info.run_id
+    for stage in ("prepare", "pretrain", "eval"):
+        assert runs[stage][0].data.tags["mlflow.parentRunId"] == parent
+    pretrain = runs["pretrain"][0]
     assert pretrain.data.params["model.d_model"] == "128"
+    assert pretrain.data.tags["dnafm.prepare_run_id"] == runs["prepare"][0].info.run_id
+    assert pretrain.data.params["data.prepare_run_id"] == runs["prepare"][0].info.run_id
     assert {
         "train/loss",
         "train/loss_lm",
@@ -63,14 +69,21 @@ def test_demo_logs_every_stage_to_one_mlflow_store(demo_run):
         "train/lr",
         "train/grad_norm",
         "train/tokens_per_s",
+        "train/tokens_seen",
         "train/skipped_steps",
     } <= set(pretrain.data.metrics)
     assert any(k.startswith("system/cpu") for k in pretrain.data.metrics), sorted(pretrain.data.metrics)
     assert pretrain.data.tags["checkpoint"].endswith("step0000020")
-    eval_runs = {r.info.run_name: r for r in runs["dnafm-eval"]}
+    evaluation, task = runs["eval"][0], runs["eval-task"][0]
+    assert evaluation.data.tags["dnafm.pretrain_run_id"] == pretrain.info.run_id
     assert (
-        eval_runs["task-pas-human"].data.tags["mlflow.parentRunId"] == eval_runs["eval-pretrain"].info.run_id
+        evaluation.data.params["pretrain.step"] == "20"
+        and evaluation.data.params["pretrain.recipe"] == "tiny-dnagpt"
     )
-    assert "test/mcc" in eval_runs["task-pas-human"].data.metrics
+    assert task.data.tags["mlflow.parentRunId"] == evaluation.info.run_id
+    for key in ("eval/pas-human/mcc", "eval/pas-human/mcc_lo", "eval/pas-human/scratch/mcc",
+                "eval/pas-human/mcc_gain_vs_scratch", "eval/pas-human/kmer/mcc"):  # fmt: skip
+        assert key in task.data.metrics and key in evaluation.data.metrics, key
     stdout = (demo_run / "demo.stdout").read_text()
     assert "dnafm demo: summary" in stdout and "mlflow ui --backend-store-uri sqlite:///" in stdout
+    assert "no pretraining: MCC" in stdout

@@ -57,5 +57,6 @@ def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
     exp = client.get_experiment_by_name("dnafm-eval").experiment_id
     child = {r.info.run_name: r for r in client.search_runs([exp])}["task-splice-human"]
     assert child.data.params["n_classes"] == "3" and child.data.params["averaging"].startswith("macro")
-    assert child.data.metrics["test/mcc"] == pytest.approx(row["mcc"])
+    assert child.data.metrics["eval/splice-human/mcc"] == pytest.approx(row["mcc"])
+    assert child.data.metrics["eval/splice-human/mcc_lo"] == pytest.approx(row["mcc_ci"][0])
     assert len(client.list_artifacts(child.info.run_id, "plots")) == 2

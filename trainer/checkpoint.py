@@ -135,10 +135,20 @@ def export_checkpoint(
 
     inner = FAMILIES[state["config"].get("family", "dnagpt")].inner
     weights = {k.removeprefix(f"{inner}."): v for k, v in full.items()}
+    cfg = state["config"]
+    provenance = {
+        "run_id": state.get("mlflow_run_id"),
+        "tracking_uri": state.get("mlflow_tracking_uri"),
+        "experiment": cfg.get("tracking", {}).get("experiment"),
+        "recipe": cfg.get("recipe"),
+        "step": state["step"],
+        "tokens_seen": state.get("tokens_seen"),
+    }
     return export_model(
         weights,
         out_dir,
-        config=state["config"],
-        tokenizer=get_tokenizer(state["config"]["tokenizer"]),
+        config=cfg,
+        tokenizer=get_tokenizer(cfg["tokenizer"]),
         dtype=dtype,
+        provenance={k: v for k, v in provenance.items() if v is not None},
     )

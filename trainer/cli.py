@@ -16,6 +16,7 @@ FLAG_FIELDS = {
     "steps": "train.steps",
     "zero_stage": "train.zero_stage",
     "no_mlflow": "tracking.enabled=false",
+    "experiment": "tracking.experiment",
     "skip_bad_shards": "loader.skip_bad_shards=true",
 }
 

@@ -57,6 +57,8 @@ class StepLoop:
     stop: Any  # trainer.pretrain.StopRequested: .poll() != 0 once a stop was asked for
     checkpoint: Callable[[int], str]
     skipped_total: int = 0
+    tokens_seen: int = 0
+    """Tokens trained on by all ranks since step 0 (carried across resumes by the checkpoint state)."""
     _signal_agreed: bool = False
     _window: dict[str, Any] = field(default_factory=dict)
 
@@ -65,9 +67,11 @@ class StepLoop:
         self._reset_window()
         for step in range(start_step + 1, cfg.steps + 1):
             self._one_step(step)
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            stop = self._stop_requested()
+            save = stop or bool(cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps
+            if step % cfg.log_every == 0 or save:  # a checkpoint's tokens_seen includes every step before it
                 self._log(step)
-            if self._stop_requested():
+            if stop:
                 log.warning(
                     "signal %d received: saving a checkpoint at step %d and stopping; resume with --resume",
                     self.stop.signum,
@@ -75,7 +79,7 @@ class StepLoop:
                 )
                 self.checkpoint(step)
                 return "signal"
-            if (cfg.ckpt_every and step % cfg.ckpt_every == 0) or step == cfg.steps:
+            if save:
                 self.checkpoint(step)
         return "completed"
 
@@ -159,11 +163,13 @@ class StepLoop:
         }
         grad_norm = self.engine.get_global_grad_norm()
         tokens_per_s = float(vec[-2]) / elapsed
+        self.tokens_seen += int(vec[-2])
         metrics.update(
             {
                 "train/lr": self.engine.get_lr()[0],
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "train/tokens_per_s": tokens_per_s,
+                "train/tokens_seen": float(self.tokens_seen),
                 "train/samples_per_s": float(vec[-1]) / elapsed,
                 "train/peak_mem_gb": _peak_mem_gb(),
                 "train/skipped_steps": float(self.skipped_total),

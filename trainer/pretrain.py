@@ -10,6 +10,7 @@ group before it is called.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import signal
@@ -24,9 +25,9 @@ import torch
 import torch.distributed as dist
 
 from datapipe.common.errors import UsageError
-from datapipe.common.tracking import NullTracker, Tracker, default_tracking_uri, start_tracker
+from datapipe.common.tracking import NullTracker, Tracker, default_tracking_uri, read_run_link, start_tracker
 from datapipe.loader import ShardLoader
-from datapipe.shards.manifest import read_manifest
+from datapipe.shards.manifest import MANIFEST, read_manifest
 from datapipe.tokenizers import get_tokenizer
 from kernels.dispatch import chosen_paths
 from trainer.checkpoint import (
@@ -200,25 +201,36 @@ def restore(engine: Any, loader: ShardLoader, ckpt_dir: Path, point: ResumePoint
 def open_tracker(
     cfg: PretrainConfig, out_dir: Path, *, data_dir: Path, point: ResumePoint, ds_config: dict[str, Any]
 ) -> Tracker:
-    """Rank 0's MLflow run (a resumed run continues its own); other ranks get a NullTracker."""
+    """Rank 0's MLflow run (a resumed run continues its own); other ranks get a NullTracker. It records its
+    data: the manifest (artifact, sha256, sample and token counts) and the prepare run that made it."""
     if dist.get_rank() != 0:
         return NullTracker()
+    prepare_run = read_run_link(data_dir).get("run_id")
     tracker = start_tracker(
         experiment=cfg.tracking.experiment,
-        run_name=f"pretrain-{cfg.recipe}",
+        run_name=f"pretrain-{cfg.recipe}-{out_dir.name}",
         tracking_uri=cfg.tracking.tracking_uri or default_tracking_uri(out_dir),
         enabled=cfg.tracking.enabled,
         resume_run_id=(point.state or {}).get("mlflow_run_id"),
+        stage="pretrain",
+        tags={"dnafm.prepare_run_id": prepare_run} if prepare_run else None,
     )
     if point.state is None:
+        manifest = data_dir / MANIFEST
+        totals = read_manifest(data_dir)["totals"]
         tracker.log_params(
             {
                 **cfg.flat(),
                 "world_size": dist.get_world_size(),
                 "data_dir": str(data_dir),
                 "num_params": count_params(cfg),
+                "data.manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                "data.samples": totals["samples"],
+                "data.tokens": totals["tokens"],
+                "data.prepare_run_id": prepare_run or "",
             }
         )
+        tracker.log_artifact(manifest, "data")
     tracker.set_tags({"ds_config": json.dumps(ds_config, sort_keys=True)[:5000]})
     tracker.start_system_metrics()
     return tracker
@@ -231,9 +243,11 @@ def checkpointer(
     ckpt_dir: Path,
     tracker: Tracker,
     on_saved: Callable[[Path, int], None] | None = None,
+    progress: Callable[[], dict[str, Any]] | None = None,
 ) -> Callable[[int], str]:
     """The loop's ``checkpoint(step) -> tag``: a complete checkpoint with our JSON state beside DeepSpeed's
-    files; ``on_saved(folder, step)`` runs on every rank after it is complete (e.g. to report it to Ray)."""
+    files; ``on_saved(folder, step)`` runs on every rank after it is complete (e.g. to report it to Ray);
+    ``progress()`` adds the loop's counters (tokens seen) to the state."""
 
     def save(step: int) -> str:
         state = {
@@ -242,6 +256,8 @@ def checkpointer(
             "loader": loader.state_dict(),
             "config": cfg.to_dict(),
             "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": tracker.tracking_uri,
+            **(progress() if progress else {}),
         }
         tag = save_checkpoint(engine, ckpt_dir, step=step, state=state)
         tracker.set_tags({"checkpoint": str(ckpt_dir / tag)})
@@ -252,14 +268,25 @@ def checkpointer(
     return save
 
 
-def export_final(engine: Any, cfg: PretrainConfig, out_dir: Path, tracker: Tracker) -> Path | None:
-    """Consolidated weights -> ``out_dir/final`` (rank 0; collective under ZeRO-3, so every rank calls)."""
+def export_final(
+    engine: Any,
+    cfg: PretrainConfig,
+    out_dir: Path,
+    tracker: Tracker,
+    provenance: dict[str, Any] | None = None,
+) -> Path | None:
+    """Consolidated weights -> ``out_dir/final`` (rank 0; collective under ZeRO-3, so every rank calls), with
+    ``provenance`` (the MLflow run, recipe, step, tokens seen) that evaluations link back to."""
     family = FAMILIES[cfg.family]
     state_dict = _full_state_dict(engine, cfg.train.zero_stage, family.inner)
     final = None
     if dist.get_rank() == 0:
         final = export_model(
-            state_dict, out_dir / "final", config=cfg.to_dict(), tokenizer=get_tokenizer(cfg.tokenizer)
+            state_dict,
+            out_dir / "final",
+            config=cfg.to_dict(),
+            tokenizer=get_tokenizer(cfg.tokenizer),
+            provenance=provenance,
         )
         tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
         log.info("exported %s", final)
@@ -309,7 +336,16 @@ def run_pretrain(
         jsonl=_metrics_file(out_dir, start_step) if dist_info.rank == 0 else None,
         n_params=count_params(cfg),
         stop=StopRequested(out_dir / STOP_FILE),
-        checkpoint=checkpointer(engine, loader, cfg, ckpt_dir, tracker, on_checkpoint),
+        checkpoint=checkpointer(
+            engine,
+            loader,
+            cfg,
+            ckpt_dir,
+            tracker,
+            on_checkpoint,
+            progress=lambda: {"tokens_seen": loop.tokens_seen},
+        ),
+        tokens_seen=int((point.state or {}).get("tokens_seen", 0)),
     )
     try:
         outcome = loop.run(start_step)
@@ -319,10 +355,27 @@ def run_pretrain(
     if outcome == "signal":
         tracker.finish("KILLED")
         return outcome
-    export_final(engine, cfg, out_dir, tracker)
+    export_final(
+        engine, cfg, out_dir, tracker, provenance=provenance_of(cfg, tracker, data_dir, loop.tokens_seen)
+    )
     tracker.finish()
     dist.barrier()
     return outcome
+
+
+def provenance_of(cfg: PretrainConfig, tracker: Tracker, data_dir: Path, tokens_seen: int) -> dict[str, Any]:
+    """Where an export came from: its MLflow run (id, store, experiment), recipe, steps, tokens seen, and the
+    prepare run of its data (``DATA/mlflow_run.json``)."""
+    return {
+        "run_id": tracker.run_id,
+        "tracking_uri": tracker.tracking_uri,
+        "experiment": cfg.tracking.experiment,
+        "recipe": cfg.recipe,
+        "step": cfg.train.steps,
+        "tokens_seen": tokens_seen,
+        "data_dir": str(data_dir),
+        "prepare_run_id": read_run_link(data_dir).get("run_id"),
+    }
 
 
 def _metrics_file(out_dir: Path, start_step: int) -> Path:

@@ -1,5 +1,5 @@
 """The command-line flags every stage shares, defined once: ``--set FIELD=VALUE`` (repeatable), ``--dry-run``,
-``--no-mlflow``; and the table that turns a command's own flags into the config fields they set.
+``--no-mlflow``, ``--experiment``; and the table that turns a command's own flags into the config fields they set.
 
 Flags never validate values themselves: they become ``FIELD=VALUE`` overrides, and the config dataclass
 checks them (so ``--steps 0`` and ``--set train.steps=0`` give the same message)."""
@@ -7,6 +7,7 @@ checks them (so ``--steps 0`` and ``--set train.steps=0`` give the same message)
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -35,6 +36,13 @@ def command_parser(
         )
     if mlflow:
         p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+        p.add_argument(
+            "--experiment",
+            metavar="NAME",
+            default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or None,
+            help="MLflow experiment to log into (default: $MLFLOW_EXPERIMENT_NAME, else the stage's own); give "
+            "one project's prepare, pretrain and eval runs the same name to compare them",
+        )
     p.add_argument("--dry-run", action="store_true", help=dry_run)
     return p
 

@@ -7,6 +7,13 @@ and the run goes on with a :class:`NullTracker` behaviour.
 
 Nesting: a parent run id in ``DNAFM_MLFLOW_PARENT_RUN_ID`` (set by ``dnafm demo`` and
 ``dnafm eval`` for the stages they start) makes the new run a child of that run in the UI.
+
+Naming (README "MLflow"): one experiment per project (``--experiment NAME``, else ``$MLFLOW_EXPERIMENT_NAME``,
+else the stage's default); every run carries the tag ``dnafm.stage`` (prepare, pretrain, eval, eval-task,
+demo, compare) and the links between stages as tags (``dnafm.prepare_run_id``, ``dnafm.pretrain_run_id``);
+metrics are ``prepare/*``, ``train/*``, ``eval/<task>/*`` and MLflow's ``system/*``. Experiments are tagged
+``mlflow.experimentKind=custom_model_development`` so MLflow 3's UI opens them on the runs table and charts
+(without it, on its GenAI traces view).
 """
 
 from __future__ import annotations
@@ -22,6 +29,40 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DNAFM_MLFLOW_PARENT_RUN_ID"
+EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+# MLflow 3's UI shows an experiment as model development (runs table, charts) with this tag, else as GenAI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+STAGE_TAG = "dnafm.stage"
+
+
+RUN_LINK = "mlflow_run.json"
+"""Beside a stage's output: which MLflow run made it, so the next stage can link to it (JSON: run_id,
+tracking_uri, experiment, stage)."""
+
+
+def run_link(tracker: Tracker, *, experiment: str, stage: str) -> dict[str, str] | None:
+    """What a stage writes to ``RUN_LINK`` (None when the run is not tracked)."""
+    if tracker.run_id is None:
+        return None
+    return {"run_id": tracker.run_id, "tracking_uri": tracker.tracking_uri or "", "experiment": experiment,
+            "stage": stage}  # fmt: skip
+
+
+def read_run_link(folder: str | Path) -> dict[str, str]:
+    """The ``RUN_LINK`` of a stage's output folder; {} when it has none (untracked, or made before links)."""
+    import json
+
+    path = Path(folder) / RUN_LINK
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def experiment_name(given: str | None, default: str) -> str:
+    """``--experiment`` when given, else ``$MLFLOW_EXPERIMENT_NAME``, else the stage's default."""
+    return given or os.environ.get(EXPERIMENT_ENV) or default
 
 
 class Tracker:
@@ -131,6 +172,24 @@ def _server_reachable(uri: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _experiment_id(client: Any, experiment: str, tracking_uri: str) -> str:
+    """The experiment's id, created (with its artifact location and kind tag) when it does not exist yet."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:///"):
+            # Without an explicit location MLflow drops artifacts into ./mlruns of the cwd.
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(experiment, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+    if not all(
+        exp.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()
+    ):  # made elsewhere, or by an older dnafm
+        for k, v in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
 def start_tracker(
     *,
     experiment: str,
@@ -140,8 +199,10 @@ def start_tracker(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     resume_run_id: str | None = None,
+    stage: str | None = None,
 ) -> Tracker:
-    """Open an MLflow run (or reopen ``resume_run_id``), or return a NullTracker with a warning."""
+    """Open an MLflow run (or reopen ``resume_run_id``), or return a NullTracker with a warning. ``stage`` is
+    recorded as the tag ``dnafm.stage`` (what ``dnafm compare`` selects runs by)."""
     if not enabled:
         return NullTracker()
     if tracking_uri.startswith(("http://", "https://")) and not _server_reachable(tracking_uri):
@@ -158,17 +219,10 @@ def start_tracker(
                 return MlflowTracker(client, resume_run_id, tracking_uri)
             except Exception as err:  # another store, or the run was deleted: start a new one
                 log.warning("cannot resume MLflow run %s (%s); starting a new run", resume_run_id, err)
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            artifact_location = None
-            if tracking_uri.startswith("sqlite:///"):
-                # Without an explicit location MLflow drops artifacts into ./mlruns of the cwd.
-                db = Path(tracking_uri.removeprefix("sqlite:///"))
-                artifact_location = (db.parent / "mlartifacts").resolve().as_uri()
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = _experiment_id(client, experiment, tracking_uri)
         all_tags = dict(tags or {})
+        if stage:
+            all_tags[STAGE_TAG] = stage
         parent = parent_run_id or os.environ.get(PARENT_ENV)
         if parent:
             all_tags["mlflow.parentRunId"] = parent

@@ -5,6 +5,7 @@ Layout (``OUT/final`` of a pretraining run, or ``dnafm export --out``)::
     model.safetensors   the bare model's state dict (DNAGPT or DNABERT; fp32 unless asked otherwise)
     config.json         the resolved PretrainConfig of the run
     tokenizer/          the tokenizer, as datapipe.tokenizers.load_tokenizer reads it
+    provenance.json     the pretraining run (MLflow run id, store, experiment), recipe, step, tokens seen
 
 Nothing here reads pickle or imports DeepSpeed (consolidating a ZeRO checkpoint into this layout is
 ``trainer.checkpoint.export_checkpoint``).
@@ -24,6 +25,7 @@ from trainer.models import build_model
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+PROVENANCE = "provenance.json"
 
 
 def export_model(
@@ -33,8 +35,10 @@ def export_model(
     config: dict[str, Any],
     tokenizer: Any,
     dtype: torch.dtype = torch.float32,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write model.safetensors + config.json + tokenizer/ into out_dir atomically (temp dir, then rename)."""
+    """Write model.safetensors + config.json + tokenizer/ (+ provenance.json) into out_dir atomically (temp dir,
+    then rename)."""
     from safetensors.torch import save_file
 
     with atomic_dir(out_dir) as tmp:
@@ -42,7 +46,19 @@ def export_model(
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": "dnafm"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tokenizer.save(tmp / "tokenizer")
+        if provenance:
+            (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     return out_dir
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The export's ``provenance.json`` (the pretraining run it came from: id, store, experiment, recipe,
+    step, tokens seen); {} for exports without one (made by hand, or by an older dnafm)."""
+    try:
+        data = json.loads((find_export(path) / PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def find_export(path: str | Path) -> Path:
