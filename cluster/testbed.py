@@ -127,8 +127,15 @@ class RayCluster:
         proc = subprocess.Popen(
             # the agent's HTTP port is Ray's fixed 52365 unless given: a second instance on the machine (a
             # private `ray.init`) would take it and leave this node with "No available agent to submit job"
-            [*prefix, RAY, "start", f"--node-ip-address={ip}", "--disable-usage-stats",
-             f"--dashboard-agent-listen-port={free_port()}", *args],  # fmt: skip
+            [
+                *prefix,
+                RAY,
+                "start",
+                f"--node-ip-address={ip}",
+                "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={free_port()}",
+                *args,
+            ],
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -175,7 +182,9 @@ class RayCluster:
             "    assert time.monotonic() < deadline, ray.available_resources()\n"
             "    time.sleep(0.5)\n"
         )
-        proc = subprocess.run([*prefix, sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-c", code], env=self.env, capture_output=True, text=True
+        )
         if proc.returncode != 0:
             raise TimeoutError(f"{n} CPUs not free on {self.address}: {proc.stderr[-1000:]}")
 

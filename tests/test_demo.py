@@ -47,7 +47,9 @@ def test_demo_logs_every_stage_to_one_mlflow_experiment_linked(demo_run):
     """One experiment (tagged for MLflow's runs view), the stages nested under the demo run, and linked: the
     pretraining run names its prepare run, the eval run its pretraining run."""
     client = MlflowClient(tracking_uri=f"sqlite:///{demo_run / 'mlflow.db'}")
-    assert [e.name for e in client.search_experiments()] == ["dnafm-demo"]
+    # MLflow makes its own empty 'Default' experiment in every store: nothing of ours may land there
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "dnafm-demo"]
+    assert not client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     exp = client.get_experiment_by_name("dnafm-demo")
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     runs: dict[str, list] = {}

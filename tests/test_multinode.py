@@ -324,7 +324,9 @@ def test_losing_node_1_continues_at_world_size_1_with_the_global_batch_kept(
     # A cluster of its own: Ray Train's elastic policy sizes the group from a detached coordinator actor whose
     # view of the nodes refreshes every 20 s; on the module's cluster, reused across runs, that view can be stale
     # and the run start at 1 worker, with no loss to survive. A fresh coordinator reads the nodes at the start.
-    cluster = RayCluster.start(ip=nodes.ip[0], num_cpus=1, prefix=nodes.prefix(0), multinode=True, env=node_env())
+    cluster = RayCluster.start(
+        ip=nodes.ip[0], num_cpus=1, prefix=nodes.prefix(0), multinode=True, env=node_env()
+    )
     try:
         cluster.add_node(ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1))
         cluster.wait_for_free_cpus(2)
@@ -340,7 +342,9 @@ def test_losing_node_1_continues_at_world_size_1_with_the_global_batch_kept(
             text, _ = proc.communicate(timeout=900)
         finally:
             proc.kill()
-            ray2.add_node(ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1))  # the module's cluster lost it too
+            ray2.add_node(
+                ip=nodes.ip[1], num_cpus=1, prefix=nodes.prefix(1)
+            )  # the module's cluster lost it too
     finally:
         cluster.stop()
     assert proc.returncode == 0, text[-4000:]
