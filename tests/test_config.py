@@ -7,6 +7,7 @@ import json
 import pytest
 
 from datapipe.common.config import ConfigError
+from datapipe.common.errors import UsageError
 from datapipe.prepare import PrepareConfig
 from trainer.families import count_params
 from trainer.recipes import RECIPES, get_recipe
@@ -80,3 +81,17 @@ def test_published_recipes(name, ctx, vocab, lo, hi):
 def test_every_recipe_resolves():
     for name in RECIPES:
         assert get_recipe(name).recipe == name
+
+
+def test_resume_accepts_a_config_saved_before_fields_were_added():
+    """A checkpoint's config lacks the fields dnafm gained since (here the released-head options): they hold
+    their defaults, so resuming with the same recipe is no change; a real change is still refused."""
+    from trainer.pretrain import _check_resumable
+
+    cfg = get_recipe("tiny-dnagpt")
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    for field in ("lm_head", "gelu"):
+        del saved["model"][field]
+    _check_resumable(saved, cfg)
+    with pytest.raises(UsageError, match="model.gelu"):
+        _check_resumable(saved, cfg.with_overrides(["model.gelu=tanh"]))

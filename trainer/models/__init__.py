@@ -3,6 +3,8 @@
 - ``gpt``      DNAGPT (decoder over non-overlapping k-mers, number embedding, regression head)
 - ``bert``     DNABERT (BERT encoder over overlapping k-mers, MLM and [CLS] heads)
 - ``hf_bert``  DNABERT <-> Hugging Face ``BertFor*`` folders
+- ``hf_gpt``   DNAGPT -> a Hugging Face folder with its own modeling code (``hf_remote/``), and back
+- ``dnagpt_release``  the DNAGPT authors' released checkpoint layout -> our DNAGPT
 - ``export``   exported weights (``model.safetensors`` + ``config.json`` + ``tokenizer/``): write, find, load
 
 ``eval`` and other users load models through this package only; importing it does not import DeepSpeed.

@@ -6,6 +6,7 @@ Layout (``OUT/final`` of a pretraining run, or ``dnafm export --out``)::
     config.json         the resolved PretrainConfig of the run
     tokenizer/          the tokenizer, as datapipe.tokenizers.load_tokenizer reads it
     provenance.json     the pretraining run (MLflow run id, store, experiment), recipe, step, tokens seen
+    source.json         (imported weights only) where they came from
 
 Nothing here reads pickle or imports DeepSpeed (consolidating a ZeRO checkpoint into this layout is
 ``trainer.checkpoint.export_checkpoint``).
@@ -36,9 +37,10 @@ def export_model(
     tokenizer: Any,
     dtype: torch.dtype = torch.float32,
     provenance: dict[str, Any] | None = None,
+    extra_json: dict[str, Any] | None = None,
 ) -> Path:
-    """Write model.safetensors + config.json + tokenizer/ (+ provenance.json) into out_dir atomically (temp dir,
-    then rename)."""
+    """Write model.safetensors + config.json + tokenizer/ (+ provenance.json, + ``extra_json``: file name ->
+    JSON-able object) into out_dir atomically (temp dir, then rename)."""
     from safetensors.torch import save_file
 
     with atomic_dir(out_dir) as tmp:
@@ -48,6 +50,8 @@ def export_model(
         tokenizer.save(tmp / "tokenizer")
         if provenance:
             (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        for name, obj in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 

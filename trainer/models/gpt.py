@@ -43,6 +43,11 @@ class GPTConfig(Config):
     """Pretraining input path. 'ids': the loader ships token ids, embedded with F.embedding. 'fused': the
     loader ships raw bases (1 byte per base) and ``kernels.kmer_embedding`` cuts the k-mers and gathers
     their rows in one op (Triton on CUDA, torch reference on CPU); the model sees the same ids either way."""
+    lm_head: Literal["tied", "mlp"] = "tied"
+    """'tied': logits through the token-embedding matrix (GPT-2). 'mlp': the released DNAGPT checkpoints'
+    untied head, Linear(d -> d), SiLU, LayerNorm, Linear(d -> vocab) (``trainer.models.dnagpt_release``)."""
+    gelu: Literal["exact", "tanh"] = "exact"
+    """MLP activation: exact erf GELU, or the tanh approximation the released DNAGPT checkpoints use."""
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
@@ -125,7 +130,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model, bias=False)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False),
-            nn.GELU(),
+            nn.GELU(approximate="tanh" if cfg.gelu == "tanh" else "none"),
             nn.Linear(4 * cfg.d_model, cfg.d_model, bias=False),
             nn.Dropout(cfg.dropout),
         )
@@ -157,6 +162,7 @@ class DNAGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=False)
         self.num_head = NumberMLP(cfg.d_model, cfg.d_model, 1)
+        self.lm_head = NumberMLP(cfg.d_model, cfg.d_model, cfg.vocab_size) if cfg.lm_head == "mlp" else None
         self.apply(self._init_weights)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream's variance
         # does not grow with depth.
@@ -227,7 +233,9 @@ class DNAGPT(nn.Module):
         )
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V) through the tied embedding matrix."""
+        """(..., D) -> (..., V) through the tied embedding matrix (or the untied MLP head, ``lm_head='mlp'``)."""
+        if self.lm_head is not None:
+            return self.lm_head(hidden)
         return F.linear(hidden, self.wte.weight)
 
     def regress(self, hidden: torch.Tensor) -> torch.Tensor:
