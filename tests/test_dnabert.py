@@ -216,3 +216,64 @@ def test_loader_hands_the_batch_index_to_schedules(tmp_path):
             data, LoaderConfig(micro_batch_size=2, num_workers=0), collate=Spy(), rank=rank, world_size=2
         )
         assert [int(next(loader)["index"]) for _ in range(5)] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("head", "hf_class"), [("mlm", "BertForMaskedLM"), ("classifier", "BertForSequenceClassification")]
+)
+def test_hugging_face_export_loads_cleanly_and_its_tokenizer_gives_our_ids(tmp_path, head, hf_class):
+    """The folder a user gets: the class named by `head` loads every weight and no other, and AutoTokenizer
+    (no lower-casing) gives our ids for space-separated k-mers."""
+    transformers = pytest.importorskip("transformers")
+    from datapipe.tokenizers import VOCAB_DIR
+    from trainer.models.hf_bert import save_hf_bert
+
+    torch.manual_seed(0)
+    model = DNABERT(
+        BertConfig(
+            vocab_size=4101, max_seq_len=64, n_layer=2, n_head=4, d_model=32, d_ff=64, attention="torch"
+        )
+    ).eval()
+    save_hf_bert(model, tmp_path / "hf", vocab_file=VOCAB_DIR / "vocab_kmer6.txt", head=head)
+    hf, info = getattr(transformers, hf_class).from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}
+    tok = get_tokenizer("dnabert-6")
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert auto("ACGTAC GTACGG TACGGA")["input_ids"] == [
+        2,
+        *map(tok.token_to_id, ["ACGTAC", "GTACGG", "TACGGA"]),
+        3,
+    ]
+    seq = "ACGTACGGATTACCATGNAAGCTTGG"
+    ids = auto(" ".join(seq[i : i + 6] for i in range(len(seq) - 5)))["input_ids"]
+    assert ids == [tok.cls_id, *tok.encode(seq).tolist(), tok.sep_id]
+    assert 1 in ids  # the k-mers over N are [UNK] in both
+    batch = torch.tensor([ids])
+    with torch.no_grad():
+        hidden = model(batch)
+        want = model.mlm_logits(hidden) if head == "mlm" else model.classify(hidden)
+        torch.testing.assert_close(hf.eval()(input_ids=batch).logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_export_and_import_cli_round_trip_a_dnabert(tmp_path):
+    """`dnafm export --format hf` of a DNABERT export folder, and `dnafm import --format hf-bert` of that folder
+    back into an export folder (as for a released DNABERT): the same MLM logits all the way."""
+    transformers = pytest.importorskip("transformers")
+    from tests.conftest import run_cli
+    from tests.helpers import untrained_export
+    from trainer.models.export import load_export
+
+    exp = untrained_export("tiny-dnabert", tmp_path / "exp")
+    proc = run_cli("export", "--checkpoint", str(exp), "--out", str(tmp_path / "hf"), "--format", "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("import", "--format", "hf-bert", str(tmp_path / "hf"), "--out", str(tmp_path / "back"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hf = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    ours, _, _ = load_export(exp)
+    back, cfg, tok = load_export(tmp_path / "back")
+    assert (cfg.family, cfg.tokenizer) == ("dnabert", "dnabert-6")
+    ids = torch.from_numpy(np.concatenate([[2], tok.encode("ACGTACGGATTACCATGAAGCTTGG"), [3]])).long()[None]
+    with torch.no_grad():
+        want = ours.mlm_logits(ours(ids))
+        torch.testing.assert_close(hf(input_ids=ids).logits, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(back.mlm_logits(back(ids)), want, rtol=0, atol=0)

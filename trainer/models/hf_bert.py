@@ -109,17 +109,33 @@ def load_hf_bert(folder: str | Path) -> tuple[DNABERT, BertConfig]:
     return model.eval(), cfg
 
 
-def save_hf_bert(model: DNABERT, folder: str | Path, *, vocab_file: str | Path | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``vocab.txt``) in BertForMaskedLM layout, atomically."""
+HEADS = {"mlm": "BertForMaskedLM", "classifier": "BertForSequenceClassification"}
+
+
+def save_hf_bert(
+    model: DNABERT, folder: str | Path, *, vocab_file: str | Path | None = None, head: str = "mlm"
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ the tokenizer files) atomically, in the layout of
+    ``BertForMaskedLM`` (``head='mlm'``: encoder + MLM head; our pooler and classifier, untrained by MLM
+    pretraining, are left out) or ``BertForSequenceClassification`` (``head='classifier'``: encoder, pooler and
+    classifier), so that class loads it with no missing or unexpected weights.
+
+    With ``vocab_file``: ``vocab.txt`` and what the released DNABERT folders carry beside it,
+    ``tokenizer_config.json`` (``do_lower_case`` false: without it transformers' BertTokenizer lower-cases and
+    every k-mer becomes [UNK]) and ``special_tokens_map.json``; ``AutoTokenizer`` then gives our ids for
+    space-separated k-mers (``"ACGTAC CGTACG ..."`` -> [CLS] ids [SEP])."""
     from safetensors.torch import save_file
 
+    if head not in HEADS:
+        raise UsageError(f"head {head!r}: must be one of {', '.join(HEADS)}")
     folder = Path(folder)
-    inverse = {}
-    for hf_top, ours in _TOP.items():
-        inverse[ours] = hf_top
+    skip = ("pooler.", "classifier.") if head == "mlm" else ("mlm_",)
+    inverse = {ours: hf_top for hf_top, ours in _TOP.items()}
     out = {}
     for name, tensor in model.state_dict().items():
         module, _, leaf = name.rpartition(".")
+        if name.startswith(skip):
+            continue
         if name == "mlm_bias":
             out["cls.predictions.bias"] = tensor
         elif module in inverse:
@@ -130,7 +146,7 @@ def save_hf_bert(model: DNABERT, folder: str | Path, *, vocab_file: str | Path |
             out[f"bert.encoder.layer.{idx}.{hf_sub}.{leaf}"] = tensor
     c = model.cfg
     config = {
-        "architectures": ["BertForMaskedLM"],
+        "architectures": [HEADS[head]],
         "model_type": "bert",
         "vocab_size": c.vocab_size,
         "hidden_size": c.d_model,
@@ -146,6 +162,10 @@ def save_hf_bert(model: DNABERT, folder: str | Path, *, vocab_file: str | Path |
         "pad_token_id": 0,
         "tie_word_embeddings": True,
     }
+    if head == "classifier":
+        labels = model.classifier.out_features
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+        config["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
     with atomic_dir(folder) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in out.items()},
@@ -155,4 +175,59 @@ def save_hf_bert(model: DNABERT, folder: str | Path, *, vocab_file: str | Path |
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         if vocab_file is not None:
             shutil.copy(vocab_file, tmp / "vocab.txt")
+            for name, content in tokenizer_files(c.max_seq_len).items():
+                (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
     return folder
+
+
+SPECIAL_TOKENS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+def tokenizer_files(max_len: int) -> dict[str, dict]:
+    """``tokenizer_config.json`` and ``special_tokens_map.json`` of a DNABERT folder (k-mers are upper case)."""
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": False,
+        "strip_accents": False,
+        "model_max_length": max_len,
+        "clean_up_tokenization_spaces": False,
+        **SPECIAL_TOKENS,
+    }
+    return {"tokenizer_config.json": config, "special_tokens_map.json": dict(SPECIAL_TOKENS)}
+
+
+def import_hf_bert(folder: str | Path, out_dir: str | Path, *, dtype: torch.dtype = torch.float32) -> Path:
+    """A Hugging Face DNABERT folder (e.g. a released DNABERT) -> our export folder, which ``dnafm eval`` and
+    ``dnafm export`` read. Its ``vocab.txt``, when present, must be DNABERT's (else its ids are not ours)."""
+    from datapipe.tokenizers import DNABERT_SPECIALS, get_tokenizer
+    from trainer.config import PretrainConfig
+    from trainer.models.export import export_model
+
+    folder = Path(folder)
+    model, cfg = load_hf_bert(folder)
+    k = next((k for k in (3, 4, 5, 6) if cfg.vocab_size == 4**k + len(DNABERT_SPECIALS)), None)
+    if k is None:
+        raise UsageError(
+            f"{folder}/config.json: vocab_size {cfg.vocab_size} is no DNABERT k-mer vocabulary (4^k + 5)"
+        )
+    tok = get_tokenizer(f"dnabert-{k}")
+    vocab = folder / "vocab.txt"
+    if vocab.exists() and vocab.read_text().splitlines() != tok.vocab:
+        raise UsageError(
+            f"{vocab}: not DNABERT's {k}-mer vocabulary in DNABERT's order; its ids would not be ours"
+        )
+    config = PretrainConfig(recipe=f"import-dnabert-{k}", family="dnabert", tokenizer=tok.name, model=cfg)
+    return export_model(
+        model.state_dict(),
+        Path(out_dir),
+        config=config.to_dict(),
+        tokenizer=tok,
+        dtype=dtype,
+        extra_json={"source.json": {"imported_from": str(folder.resolve()), "format": "hf-bert"}},
+    )
