@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     prepare_cli.add_parser(sub)
-    pretrain_cli.add_parser(sub)
+    pretrain_cli.add_parser(sub)  # pretrain, export
+    pretrain_cli.add_import_parser(sub)
     eval_cli.add_parser(sub)
     compare_cli.add_parser(sub)
     generate_cli.add_parser(sub)

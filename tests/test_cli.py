@@ -22,6 +22,8 @@ GENOME = str(REPO / "data/genomes/grch37_chr20_44-46Mb.fa.gz")
         ["generate", "--help"],
         ["genomes", "--help"],
         ["demo", "--help"],
+        ["export", "--help"],
+        ["import", "--help"],
     ],
 )
 def test_help(args):

@@ -1,4 +1,5 @@
-"""`dnafm pretrain` (a recipe, field overrides, the run) and `dnafm export` (checkpoint -> safetensors)."""
+"""`dnafm pretrain` (a recipe, field overrides, the run), `dnafm export` (checkpoint -> safetensors, a Hugging Face
+folder or an MLflow model) and `dnafm import` (weights others released -> an export folder)."""
 
 from __future__ import annotations
 
@@ -91,28 +92,92 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )  # set by the deepspeed launcher
     p.set_defaults(func=run)
 
+    add_export_parser(sub)
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
     e = command_parser(
         sub,
         "export",
         set_example=None,
         mlflow=False,
         dry_run="print what would be exported and exit",
-        help="write consolidated safetensors weights from a pretraining checkpoint",
+        help="write a checkpoint's weights as safetensors, a Hugging Face folder or an MLflow model",
         description="Consolidate a (ZeRO-sharded) checkpoint into model.safetensors + config.json + "
-        "tokenizer/, in one process, no GPU needed.",
+        "tokenizer/, in one process, no GPU needed; or write it (or an export folder, e.g. from "
+        "`dnafm import`) as a Hugging Face folder or an MLflow pyfunc model.",
     )
-    e.add_argument("--checkpoint", type=Path, required=True, help="`dnafm pretrain` --out folder")
-    e.add_argument("--out", type=Path, required=True, help="export folder")
+    e.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="`dnafm pretrain` --out folder; for --format hf/mlflow also an export folder",
+    )
+    e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument("--tag", help="checkpoint tag (default: latest)")
     e.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     e.add_argument(
         "--format",
-        choices=("dnafm", "hf"),
+        choices=("dnafm", "hf", "mlflow"),
         default="dnafm",
-        help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face BertForMaskedLM folder "
-        "(DNABERT runs only)",
+        help="dnafm: model.safetensors + config + tokenizer; hf: a Hugging Face folder (DNABERT: "
+        "BertForMaskedLM; DNAGPT: AutoModelForCausalLM with trust_remote_code); mlflow: an MLflow pyfunc "
+        "model (sequences in, embeddings or class probabilities out), also logged to MLflow",
+    )
+    e.add_argument(
+        "--hf-head",
+        choices=("mlm", "classifier"),
+        default="mlm",
+        help="DNABERT --format hf: BertForMaskedLM (mlm) or BertForSequenceClassification layout",
+    )
+    e.add_argument(
+        "--output",
+        choices=("embeddings", "probabilities"),
+        default="embeddings",
+        help="--format mlflow: what predict returns unless its params say otherwise",
+    )
+    e.add_argument(
+        "--num-classes", type=int, default=2, help="--format mlflow: classes of the probabilities (default 2)"
+    )
+    e.add_argument(
+        "--tracking-uri",
+        help="--format mlflow: the MLflow store to log to (default $MLFLOW_TRACKING_URI, else the run's "
+        "own store when --checkpoint is a pretraining run)",
+    )
+    e.add_argument(
+        "--registered-model", metavar="NAME", help="--format mlflow: register the logged model under NAME"
     )
     e.set_defaults(func=run_export)
+
+
+def add_import_parser(sub: argparse._SubParsersAction) -> None:
+    from trainer.models.dnagpt_release import VARIANTS
+
+    i = command_parser(
+        sub,
+        "import",
+        set_example=None,
+        mlflow=False,
+        dry_run="check the file's layout, print the model it holds, and exit",
+        help="convert released weights into a dnafm export folder (for eval and export)",
+        description="Read the weights others released into our model and write an export folder "
+        "(model.safetensors + config.json + tokenizer/) that `dnafm eval` and `dnafm export` take. "
+        "dnagpt-release: a .pth of the DNAGPT authors (dna_gpt0.1b_h, dna_gpt0.1b_m, dna_gpt3b_m or their "
+        "fine-tuned models), read with torch.load(weights_only=True). hf-bert: a Hugging Face BERT folder "
+        "of a released DNABERT.",
+    )
+    i.add_argument("source", type=Path, help="the checkpoint file (dnagpt-release) or folder (hf-bert)")
+    i.add_argument("--format", choices=("dnagpt-release", "hf-bert"), required=True)
+    i.add_argument("--out", type=Path, help="export folder to write")
+    i.add_argument(
+        "--variant",
+        choices=("auto", *VARIANTS),
+        default="auto",
+        help="dnagpt-release: the released configuration (default: recognised from the shapes)",
+    )
+    i.add_argument("--n-head", type=int, help="dnagpt-release: attention heads, for shapes no release has")
+    i.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    i.set_defaults(func=run_import)
 
 
 def resolve(args: argparse.Namespace):
@@ -165,40 +230,155 @@ def run_export(args: argparse.Namespace) -> int:
     from datapipe.common.logs import setup_logging
 
     setup_logging()
+    for flag in ("tracking_uri", "registered_model"):
+        if getattr(args, flag) and args.format != "mlflow":
+            raise UsageError(
+                f"--{flag.replace('_', '-')} is for --format mlflow (this is --format {args.format})"
+            )
     if args.dry_run:
+        keys = ("checkpoint", "tag", "out", "dtype", "format", "hf_head", "output", "num_classes")
+        keys += ("tracking_uri", "registered_model")
         print(
             json.dumps(
-                {
-                    "checkpoint": str(args.checkpoint),
-                    "tag": args.tag,
-                    "out": str(args.out),
-                    "dtype": args.dtype,
-                    "format": args.format,
-                },
+                {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in keys},
                 indent=2,
             )
         )
         return 0
+    import tempfile
+
     import torch
 
     from trainer.checkpoint import export_checkpoint
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    if args.format == "hf":
-        import tempfile
-        from pathlib import Path
-
-        from trainer.models.export import load_export
-        from trainer.models.hf_bert import save_hf_bert
-
-        with tempfile.TemporaryDirectory() as tmp:
-            export_checkpoint(args.checkpoint, Path(tmp) / "e", tag=args.tag, dtype=dtype)
-            model, cfg, tok = load_export(Path(tmp) / "e")
-            if cfg.family != "dnabert":
-                raise UsageError(f"--format hf exports DNABERT runs; {args.checkpoint} is a {cfg.family} run")
-            (Path(tmp) / "vocab.txt").write_text("\n".join(tok.vocab) + "\n")
-            out = save_hf_bert(model.to(dtype), args.out, vocab_file=Path(tmp) / "vocab.txt")
-    else:
+    if args.format == "dnafm":
         out = export_checkpoint(args.checkpoint, args.out, tag=args.tag, dtype=dtype)
+        print(f"exported {out}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        source = _export_folder(args.checkpoint, Path(tmp) / "e", tag=args.tag)
+        if args.format == "hf":
+            out = _write_hf(source, args.out, dtype=dtype, head=args.hf_head)
+        else:
+            out = _write_mlflow(source, args)
     print(f"exported {out}")
+    return 0
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "checkpoints").is_dir() or (path / "latest").is_file()
+
+
+def _export_folder(path: Path, scratch: Path, *, tag: str | None) -> Path:
+    """A pretraining run (or its checkpoints/) -> its checkpoint consolidated into ``scratch``; an export
+    folder (``dnafm export``, ``dnafm import``, a run's final/) -> itself."""
+    from trainer.checkpoint import export_checkpoint
+    from trainer.models.export import find_export
+
+    if _is_run(path):
+        return export_checkpoint(path, scratch, tag=tag)
+    return find_export(path)
+
+
+def _write_hf(source: Path, out: Path, *, dtype, head: str) -> Path:
+    from trainer.models.export import load_export
+
+    model, cfg, tok = load_export(source)
+    model = model.to(dtype)
+    if cfg.family == "dnagpt":
+        from trainer.models.hf_gpt import save_hf_gpt
+
+        return save_hf_gpt(model, out, tokenizer=tok)
+    from trainer.models.hf_bert import save_hf_bert
+
+    vocab = source / "tokenizer" / "vocab.txt"  # Tokenizer.save wrote the vocabulary there
+    return save_hf_bert(model, out, vocab_file=vocab, head=head)
+
+
+def _write_mlflow(source: Path, args: argparse.Namespace) -> str:
+    """The MLflow model folder at --out, and the same model logged to a store when there is one."""
+    from datapipe.common.tracking import default_tracking_uri, start_tracker
+    from trainer.mlflow_model import log_pyfunc, save_pyfunc
+
+    save_pyfunc(source, args.out, output=args.output, num_classes=args.num_classes)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    run_dir = args.checkpoint if _is_run(args.checkpoint) else None
+    if uri is None and run_dir is not None:
+        uri = default_tracking_uri(run_dir)
+    if uri is None:
+        if args.registered_model:
+            raise UsageError(
+                "--registered-model needs an MLflow store: --tracking-uri or $MLFLOW_TRACKING_URI"
+            )
+        return str(args.out)
+    run_id = _pretraining_run_id(run_dir, uri) if run_dir is not None else None
+    if run_id is None:
+        tracker = start_tracker(
+            experiment="dnafm-export", run_name=f"export-{args.out.name}", tracking_uri=uri
+        )
+        if tracker.run_id is None:
+            raise UsageError(f"cannot open an MLflow run at {uri} (see the warning above)")
+        run_id = tracker.run_id
+        tracker.finish()
+    logged = log_pyfunc(
+        source,
+        tracking_uri=uri,
+        run_id=run_id,
+        registered_model=args.registered_model,
+        output=args.output,
+        num_classes=args.num_classes,
+    )
+    print(f"logged {logged.get('registered_uri', logged['model_uri'])} ({logged['run_uri']}) at {uri}")
+    return str(args.out)
+
+
+def _pretraining_run_id(run_dir: Path, uri: str) -> str | None:
+    """The MLflow run of the pretraining run in ``run_dir``, if that store has it."""
+    from mlflow.tracking import MlflowClient
+
+    from trainer.checkpoint import latest_tag, read_state
+
+    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    tag = latest_tag(ckpt_dir)
+    run_id = read_state(ckpt_dir, tag).get("mlflow_run_id") if tag else None
+    if run_id is None:
+        return None
+    try:
+        MlflowClient(uri).get_run(run_id)
+    except Exception:  # another store, or the run was deleted
+        return None
+    return run_id
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from datapipe.common.logs import setup_logging
+
+    setup_logging()
+    import torch
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.out is None and not args.dry_run:
+        raise UsageError("--out is required (or use --dry-run)")
+    if args.format == "hf-bert":
+        from trainer.models.hf_bert import import_hf_bert, load_hf_bert
+
+        if args.dry_run:
+            print(json.dumps({"model": load_hf_bert(args.source)[1].to_dict()}, indent=2, sort_keys=True))
+            return 0
+        out = import_hf_bert(args.source, args.out, dtype=dtype)
+        print(f"imported {args.source} -> {out}")
+        return 0
+    from trainer.models import dnagpt_release as rel
+
+    if args.dry_run:
+        state = rel.read_release(args.source)
+        name, cfg = rel.infer_config(state, variant=args.variant, n_head=args.n_head, path=str(args.source))
+        rel.check_layout(state, cfg, path=str(args.source), what=name)
+        print(json.dumps({"variant": name, "model": cfg.to_dict()}, indent=2, sort_keys=True))
+        return 0
+    out, name = rel.import_release(
+        args.source, args.out, variant=args.variant, n_head=args.n_head, dtype=dtype
+    )
+    print(f"imported {args.source} ({name}) -> {out}")
     return 0

@@ -100,6 +100,19 @@ class TrackingConfig(Config):
     experiment: str = "dnafm-pretrain"
     tracking_uri: str | None = None
     """MLflow URI; None = $MLFLOW_TRACKING_URI, else sqlite:///<out>/mlflow.db."""
+    log_model: bool = False
+    """At the end of pretraining, log the final export into the run as an MLflow pyfunc model
+    (``trainer.mlflow_model``: sequences in, embeddings out)."""
+    registered_model: str | None = None
+    """With log_model: register it under this name in the MLflow model registry (a new version per run)."""
+
+    def __post_init__(self) -> None:
+        check(
+            self.registered_model is None or self.log_model,
+            "registered_model",
+            "needs tracking.log_model=true (the model is registered when it is logged)",
+        )
+        check(self.registered_model != "", "registered_model", "must be a non-empty name")
 
 
 @dataclass(kw_only=True)

@@ -52,6 +52,8 @@ RESUMABLE_CHANGES = {
     "train.ckpt_every",
     "tracking.enabled",
     "tracking.tracking_uri",
+    "tracking.log_model",
+    "tracking.registered_model",
     "loader.num_workers",
     "loader.skip_bad_shards",
     "train.max_bad_steps",
@@ -290,7 +292,30 @@ def export_final(
         )
         tracker.set_tags({"export": str(final), **{f"kernels.{k}": v for k, v in chosen_paths().items()}})
         log.info("exported %s", final)
+        if cfg.tracking.log_model:
+            log_final_model(final, cfg, tracker)
     return final
+
+
+def log_final_model(final: Path, cfg: PretrainConfig, tracker: Tracker) -> None:
+    """The export as an MLflow pyfunc model in the run (and the registry). Like all tracking, a failure is a
+    warning: the weights are already safe in ``final/``."""
+    if tracker.run_id is None or tracker.tracking_uri is None:
+        log.warning("tracking.log_model: this run is not tracked, so no MLflow model is logged")
+        return
+    try:
+        from trainer.mlflow_model import log_pyfunc
+
+        logged = log_pyfunc(
+            final,
+            tracking_uri=tracker.tracking_uri,
+            run_id=tracker.run_id,
+            registered_model=cfg.tracking.registered_model,
+        )
+    except Exception as err:  # tracking must never fail a finished run
+        log.warning("could not log the MLflow model (%s); the export is in %s", err, final)
+        return
+    tracker.set_tags({"model_uri": logged.get("registered_uri", logged["model_uri"])})
 
 
 def run_pretrain(
