@@ -167,7 +167,12 @@ def add_import_parser(sub: argparse._SubParsersAction) -> None:
         "of a released DNABERT.",
     )
     i.add_argument("source", type=Path, help="the checkpoint file (dnagpt-release) or folder (hf-bert)")
-    i.add_argument("--format", choices=("dnagpt-release", "hf-bert"), required=True)
+    i.add_argument(
+        "--format",
+        choices=("dnagpt-release", "hf-bert"),
+        required=True,
+        help="dnagpt-release: a DNAGPT .pth; hf-bert: a Hugging Face DNABERT folder",
+    )
     i.add_argument("--out", type=Path, help="export folder to write")
     i.add_argument(
         "--variant",

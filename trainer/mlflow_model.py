@@ -61,7 +61,10 @@ class DnafmPyfunc(mlflow.pyfunc.PythonModel):
             raise UsageError(f"params output={p['output']!r}: must be one of {', '.join(OUTPUTS)}")
         if not isinstance(model_input, pd.DataFrame) or "sequence" not in model_input.columns:
             raise UsageError("predict takes a pandas DataFrame with a 'sequence' column")
-        sequences = [str(s) for s in model_input["sequence"].tolist()]
+        sequences = model_input["sequence"].tolist()
+        bad = next((i for i, s in enumerate(sequences) if not isinstance(s, str)), None)
+        if bad is not None:
+            raise UsageError(f"row {bad}: sequence is {sequences[bad]!r}, not a string of bases")
         rows = []
         for lo in range(0, len(sequences), int(p["batch_size"])):
             rows.append(self._batch(sequences[lo : lo + int(p["batch_size"])], lo, p))
