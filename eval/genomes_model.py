@@ -130,7 +130,8 @@ class HaplotypeLM(nn.Module):
         slot[:, 1] = True
         hidden = self.gpt(ids, values[:, None].expand(b, t), slot)  # (B, T, D)
         # position j predicts token j + 1: positions 1 .. T-2 predict the alleles at 2 .. T-1
-        logits = F.linear(hidden[:, PREFIX - 1 : -1], self.gpt.wte.weight[list(ALLELE_IDS)])  # (B, T-2, 2)
+        alleles = torch.tensor(ALLELE_IDS, device=ids.device)
+        logits = self.gpt.lm_logits(hidden[:, PREFIX - 1 : -1], alleles)  # (B, T-2, 2)
         return F.cross_entropy(logits.reshape(-1, 2).float(), ids[:, PREFIX:].reshape(-1))
 
 

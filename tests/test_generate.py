@@ -95,6 +95,25 @@ def test_allowed_ids_and_stop_tokens():
     assert set(new.unique().tolist()) <= {0, 1, stop, 20}
 
 
+@pytest.mark.parametrize("head", ["tied", "mlp"])
+def test_allowed_ids_read_the_models_own_lm_head(head):
+    """The restricted softmax uses the logits of the model's head, tied or the released DNAGPT's MLP head
+    (``dnafm import --format dnagpt-release``): greedy decoding over allowed ids picks the argmax of the full
+    logits' allowed columns, with the cache and without."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=TOK.vocab_size, max_seq_len=48, n_layer=2, n_head=2, d_model=32, lm_head=head)
+    m = DNAGPT(cfg).eval()
+    allowed = torch.tensor([0, 1, 25, 400])
+    hidden = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(m.lm_logits(hidden, allowed), m.lm_logits(hidden)[..., allowed])
+        expect = allowed[m.lm_logits(m(prompt())[:, -1])[:, allowed].argmax(-1)]
+    for use_cache in (True, False):
+        sampling = SamplingConfig(max_new_tokens=3, temperature=0, use_cache=use_cache)
+        out = generate(m, prompt(), sampling, allowed_ids=allowed.tolist(), show_progress=False)
+        assert torch.equal(out.ids[:, 4], expect)
+
+
 def test_all_rows_stopped_ends_the_loop():
     m = model()
     stop = TOK.reserved_id("=")

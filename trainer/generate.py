@@ -126,7 +126,7 @@ def generate(
     """Sample up to ``cfg.max_new_tokens`` tokens after ``prompt`` (B, T) long, for every row at once.
 
     ``allowed_ids``: the only tokens that may be drawn (the softmax runs over these; stop ids are added).
-    Projecting onto just these rows of the tied embedding costs |allowed| x D per row instead of V x D.
+    Projecting onto just these rows of the LM head costs |allowed| x D per row instead of V x D.
     ``stop_ids``: a row that draws one ends there (its later positions hold padding). ``num_values`` /
     ``num_in_mask`` (B, T): numbers at the prompt's ``<M>`` slots. ``pad_id``: what fills a row after its stop
     (default DNAGPT's ``<P>``). ``generator``: the random stream (default:
@@ -162,7 +162,7 @@ def generate(
         if choices is None:
             nxt = sample_next(model.lm_logits(hidden), cfg, generator)
         else:
-            nxt = choices[sample_next(F.linear(hidden, model.wte.weight[choices]), cfg, generator)]
+            nxt = choices[sample_next(model.lm_logits(hidden, choices), cfg, generator)]
         nxt = torch.where(done, pad, nxt)
         ids[:, t] = nxt
         if len(stops):

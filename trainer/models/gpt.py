@@ -232,11 +232,18 @@ class DNAGPT(nn.Module):
             dtype=dtype or w.dtype,
         )
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., V) through the tied embedding matrix (or the untied MLP head, ``lm_head='mlp'``)."""
-        if self.lm_head is not None:
+    def lm_logits(self, hidden: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) -> (..., V) through the tied embedding matrix (or the untied MLP head, ``lm_head='mlp'``).
+        ``only`` (K,) token ids: the logits of just those tokens, (..., K), at K x D per row instead of V x D
+        (the same values as ``lm_logits(hidden)[..., only]``)."""
+        if self.lm_head is None:
+            return F.linear(hidden, self.wte.weight if only is None else self.wte.weight[only])
+        if only is None:
             return self.lm_head(hidden)
-        return F.linear(hidden, self.wte.weight)
+        *body, out = self.lm_head  # Linear, SiLU, LayerNorm; then Linear(d -> V), of which ``only``'s rows
+        for layer in body:
+            hidden = layer(hidden)
+        return F.linear(hidden, out.weight[only], out.bias[only])
 
     def regress(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...,) number read at output number slots."""
