@@ -147,5 +147,10 @@ def test_pretraining_logs_its_final_model_and_export_logs_into_the_run(tmp_path)
         assert f"runs:/{pretrain_run.info.run_id}/model" in proc.stdout
         again = mlflow.pyfunc.load_model("models:/tiny-pretrained/2").predict(df)
         np.testing.assert_allclose(again.to_numpy(), want, rtol=1e-4, atol=1e-5)
+        # its final/ export finds the same run through provenance.json, with no store named
+        proc = run_cli("export", "--checkpoint", str(run / "final"), "--out", str(tmp_path / "m3"),
+                       "--format", "mlflow")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"runs:/{pretrain_run.info.run_id}/model" in proc.stdout
     finally:
         mlflow.set_tracking_uri(None)

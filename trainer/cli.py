@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from datapipe.common.cliargs import command_parser, flag_overrides
@@ -302,25 +303,32 @@ def _write_hf(source: Path, out: Path, *, dtype, head: str) -> Path:
 
 
 def _write_mlflow(source: Path, args: argparse.Namespace) -> str:
-    """The MLflow model folder at --out, and the same model logged to a store when there is one."""
-    from datapipe.common.tracking import default_tracking_uri, start_tracker
+    """The MLflow model folder at --out, and the same model logged to a store when there is one: into the
+    pretraining run the export came from (its ``provenance.json``) when that store has it, else a new run."""
+    from datapipe.common.tracking import default_tracking_uri, experiment_name, start_tracker
     from trainer.mlflow_model import log_pyfunc, save_pyfunc
+    from trainer.models.export import read_provenance
 
     save_pyfunc(source, args.out, output=args.output, num_classes=args.num_classes)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    run_dir = args.checkpoint if _is_run(args.checkpoint) else None
-    if uri is None and run_dir is not None:
-        uri = default_tracking_uri(run_dir)
+    provenance = read_provenance(source)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _local_store(provenance)
+    if uri is None and _is_run(args.checkpoint):
+        uri = default_tracking_uri(args.checkpoint)  # an untracked run: a store in its folder
     if uri is None:
         if args.registered_model:
             raise UsageError(
                 "--registered-model needs an MLflow store: --tracking-uri or $MLFLOW_TRACKING_URI"
             )
         return str(args.out)
-    run_id = _pretraining_run_id(run_dir, uri) if run_dir is not None else None
+    run_id = _existing_run(provenance.get("run_id"), uri)
     if run_id is None:
+        links = {"dnafm.pretrain_run_id": provenance["run_id"]} if provenance.get("run_id") else {}
         tracker = start_tracker(
-            experiment="dnafm-export", run_name=f"export-{args.out.name}", tracking_uri=uri
+            experiment=experiment_name(None, provenance.get("experiment") or "dnafm-export"),
+            run_name=f"export-{args.out.name}",
+            tracking_uri=uri,
+            stage="export",
+            tags=links,
         )
         if tracker.run_id is None:
             raise UsageError(f"cannot open an MLflow run at {uri} (see the warning above)")
@@ -338,17 +346,22 @@ def _write_mlflow(source: Path, args: argparse.Namespace) -> str:
     return str(args.out)
 
 
-def _pretraining_run_id(run_dir: Path, uri: str) -> str | None:
-    """The MLflow run of the pretraining run in ``run_dir``, if that store has it."""
-    from mlflow.tracking import MlflowClient
+def _local_store(provenance: dict) -> str | None:
+    """The pretraining run's store when it is a server or a sqlite file that is still there."""
+    theirs = provenance.get("tracking_uri") or ""
+    if theirs.startswith(("http://", "https://")):
+        return theirs
+    if theirs.startswith("sqlite:///") and Path(theirs.removeprefix("sqlite:///")).exists():
+        return theirs
+    return None
 
-    from trainer.checkpoint import latest_tag, read_state
 
-    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    tag = latest_tag(ckpt_dir)
-    run_id = read_state(ckpt_dir, tag).get("mlflow_run_id") if tag else None
+def _existing_run(run_id: str | None, uri: str) -> str | None:
+    """``run_id`` if the store at ``uri`` has that run."""
     if run_id is None:
         return None
+    from mlflow.tracking import MlflowClient
+
     try:
         MlflowClient(uri).get_run(run_id)
     except Exception:  # another store, or the run was deleted
