@@ -89,30 +89,42 @@ def paths(name: str):
     }
 
 
-def copy_bandwidth(d: int, dtype) -> float:
-    """GB/s of a same-run device-to-device copy of a (TOKENS, d) tensor: read + write bytes / time."""
+def copy_bandwidth(d: int, dtype, *, device: str = "cuda", tokens: int = TOKENS, timer=time_ms) -> float:
+    """GB/s of a same-run device-to-device copy of a (tokens, d) tensor: read + write bytes / time."""
     import torch
 
-    src = torch.empty(TOKENS, d, device="cuda", dtype=dtype).normal_()
+    src = torch.empty(tokens, d, device=device, dtype=dtype).normal_()
     dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / (time_ms(lambda: dst.copy_(src)) * 1e-3) / 1e9
+    return 2 * src.numel() * src.element_size() / (timer(lambda: dst.copy_(src)) * 1e-3) / 1e9
 
 
-def measure_case(name: str, d: int) -> dict:
-    """Times (ms) of every path at one (tokenizer, d_model), keyed by (pass, label); checked equal first."""
+def measure_case(
+    name: str,
+    d: int,
+    *,
+    device: str = "cuda",
+    dtype=None,
+    tokens: int = TOKENS,
+    rows: int = ROWS,
+    timer=time_ms,
+) -> dict:
+    """Times (ms) of every path at one (tokenizer, d_model), keyed by (pass, label); checked equal first.
+    Defaults: the table's GPU case (bf16); `./dev gpu --dry-run` passes CPU, fp32, tiny sizes and its timer."""
     import torch
 
-    x, ids, w, dy = case(name, d, "cuda", torch.bfloat16)
+    dtype = dtype or torch.bfloat16
+    x, ids, w, dy = case(name, d, device, dtype, tokens=tokens, rows=rows)
     fns = paths(name)
     out = fns["ours"](x, ids, w)
     assert torch.equal(out, fns["ids+F.embedding"](x, ids, w)), f"{name}: ours != F.embedding"
     moved = x.numel() + ids.numel() * 4 + 2 * out.numel() * out.element_size()
-    row = dict(tokenizer=name, d=d, copy=copy_bandwidth(d, torch.bfloat16), moved=moved)
+    copy = copy_bandwidth(d, dtype, device=device, tokens=tokens, timer=timer)
+    row = dict(tokenizer=name, d=d, copy=copy, moved=moved)
     for label, fn in fns.items():
         if label != "ours-det":  # its forward is ours'
-            row[("fwd", label)] = time_ms(lambda fn=fn: fn(x, ids, w))
+            row[("fwd", label)] = timer(lambda fn=fn: fn(x, ids, w))
         wg = w.detach().requires_grad_()
-        row[("fwd+bwd", label)] = time_ms(lambda fn=fn, wg=wg: fn(x, ids, wg).backward(dy), grads=(wg,))
+        row[("fwd+bwd", label)] = timer(lambda fn=fn, wg=wg: fn(x, ids, wg).backward(dy), grads=(wg,))
     return row
 
 
