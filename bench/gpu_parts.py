@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def bench_ms(fn: Callable[[], object], grads=()) -> float:
 
 def out_of_time(deadline: float) -> bool:
     return time.time() > deadline
+
+
+def failed(part: str, case: str, err: BaseException) -> dict:
+    """The row of a case that raised; its traceback goes to the part's log."""
+    traceback.print_exception(err, file=sys.stderr)
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return row(part, case, None, "", status="failed", note=f"{type(err).__name__}: {first}")
+
+
+def guarded(part: str, case: str, measure: Callable[[], dict]) -> dict:
+    """measure(), or the failed row: one broken case must not cost the other cases of a short GPU loan."""
+    try:
+        return measure()
+    except Exception as err:  # noqa: BLE001 (reported in the table and the log)
+        if GPU:
+            torch.cuda.synchronize()
+        return failed(part, case, err)
 
 
 # ------------------------------------------------------------------------------------------- ceiling
@@ -109,8 +127,11 @@ def attention_rows(deadline: float) -> Iterator[dict]:
                     if out_of_time(deadline):
                         yield row(f"attention {mode}", case, None, "TFLOP/s", status="skipped", goal=goal)
                         continue
-                    yield _attention_row(mode, case, goal, (q, k, v, do), ours, sdpa, backends,
-                                         attention_flops(b, h, t, hd, causal, mode))  # fmt: skip
+                    flop = attention_flops(b, h, t, hd, causal, mode)
+                    measure = functools.partial(
+                        _attention_row, mode, case, goal, (q, k, v, do), ours, sdpa, backends, flop
+                    )
+                    yield guarded(f"attention {mode}", case, measure)
 
 
 def _attention_row(mode, case, goal, tensors, ours, sdpa, backends, flop) -> dict:
@@ -184,8 +205,13 @@ def kmer_rows(deadline: float) -> Iterator[dict]:
                 for mode in ("fwd", "fwd+bwd"):
                     yield row(f"k-mer embedding {mode}", case, None, "", status="skipped")
                 continue
-            r = bk.measure_case(name, d, device=DEVICE, dtype=DTYPE, tokens=sizes["tokens"],
-                                rows=sizes["rows"], timer=bench_ms)  # fmt: skip
+            try:
+                r = bk.measure_case(name, d, device=DEVICE, dtype=DTYPE, tokens=sizes["tokens"],
+                                    rows=sizes["rows"], timer=bench_ms)  # fmt: skip
+            except Exception as err:  # noqa: BLE001 (reported in the table; the other cases still run)
+                for mode in ("fwd", "fwd+bwd"):
+                    yield failed(f"k-mer embedding {mode}", case, err)
+                continue
             ms = {label: r.get(("fwd", label)) for label in bk.paths(name)}
             gbs = r["moved"] / (ms["ours"] * 1e-3) / 1e9
             note = f"ms: ours {ms['ours']:.3g}, ids+F.embedding {ms['ids+F.embedding']:.3g}, "

@@ -165,3 +165,29 @@ def test_check_resolves_for_python_312_offline(toy_wheels, capsys):
     (toy_wheels / "dnafmprobedep-1.2-py3-none-any.whl").unlink()
     assert gpu_wheels.check(toy_wheels, root="dnafmprobe") == 1
     assert "does not resolve" in capsys.readouterr().out
+
+
+def test_a_case_that_raises_becomes_a_failed_row_and_the_part_goes_on(capsys):
+    import gpu_parts
+
+    def broken():
+        raise RuntimeError("Triton compile failed\nat line 3")
+
+    r = gpu_parts.guarded("attention fwd", "hd 64", broken)
+    assert r["status"] == "failed" and r["ours"] is None
+    assert r["note"] == "RuntimeError: Triton compile failed"
+    assert "Traceback" in capsys.readouterr().err
+    assert gpu_report.render([r]).splitlines()[-1].split(" | ")[2] == "FAILED"
+
+
+def test_every_part_ends_within_the_budget(tmp_path):
+    import argparse
+
+    import gpu
+
+    args = argparse.Namespace(budget=470.0, dry_run=False, autotune=False, site=None)
+    run = gpu.Run(args, tmp_path)
+    for i in range(len(gpu.SHARES)):
+        soft, hard = run.deadlines(i)
+        assert soft <= hard <= run.end
+    assert run.deadlines(len(gpu.SHARES) - 1)[1] == run.end
