@@ -97,6 +97,7 @@ def guard_imports() -> None:
 
 def run_section(args: argparse.Namespace) -> int:
     """One part, in this (child) process: its rows go to --result, one JSON line each, as they come."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the run's time limit: unwind, run cleanups
     guard_imports()
     from datapipe.common.logs import setup_logging
 
@@ -147,6 +148,7 @@ class Run:
         paths = [str(REPO), str(BENCH)] + ([self.args.site] if self.args.site else [])
         env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
         env["DNAFM_ATTENTION_AUTOTUNE"] = "1" if self.args.autotune else "0"
+        env["PYTHONUNBUFFERED"] = "1"  # a part ended at its time limit still leaves its whole log
         env.pop("TRITON_INTERPRET", None)
         if self.args.dry_run:  # CPU even on a GPU machine; Triton through its interpreter
             env |= {"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu"}
@@ -186,8 +188,7 @@ class Run:
                 if code:
                     why = f"failed (exit {code}): {_last_error(log)}"
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the part's own process group (its workers included)
-                proc.wait()
+                _stop(proc)
                 why = "stopped at its time limit"
         rows = [json.loads(line) for line in result.read_text().splitlines()] if result.exists() else []
         partial = result.with_suffix(".partial")
@@ -271,6 +272,17 @@ class Run:
         print(f"gpu: table written to {self.out / 'gpu-table.md'} (rows in gpu-results.json, logs in logs/)")
         bad = [r for r in self.rows if r.get("status") in ("failed", "mismatch")]
         return 1 if bad else 0
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a part's process group (its loader workers included): SIGTERM first, which the part turns into
+    SystemExit so that cleanup runs (a lock file of a compile cache, say), SIGKILL 10 s later."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _train_case(recipe: str, dry_run: bool) -> str:

@@ -7,10 +7,12 @@
   path, which gives DeepSpeed a torch AdamW).
 - ``check`` (here, offline): resolves ``deepspeed`` for Python 3.12 from the folder alone, with stand-in
   wheels for torch and numpy in place of the machine's own, and reports the bytes that travel.
-- ``install`` (on the GPU machine, offline): pip resolves ``deepspeed`` against the machine's installed
-  packages (its torch satisfies the requirement; pip never reinstalls it), then installs only the missing
-  wheels with ``--no-deps --target`` into a scratch folder put on PYTHONPATH. Without a usable pip the
-  wheels of distributions not installed at all are unpacked there instead (wheels are zip archives).
+- ``install`` (on the GPU machine, offline): walks DeepSpeed's requirements from the carried wheels' metadata;
+  what the machine's installed distributions satisfy (its torch, numpy, ...) is left to them and never
+  reinstalled; the rest is installed with ``pip install --no-deps --target`` into a scratch folder put on
+  PYTHONPATH (or, where pip cannot, unpacked there: wheels are zip archives). Not pip's resolver: that one
+  also re-checks the requirements of the machine's own packages (e.g. torch's setuptools pin), which a
+  machine we cannot change may not meet.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 PROVIDED = {"torch": "2.11.0", "numpy": "2.1.0"}  # the GPU machine's own; never carried or reinstalled
 TARGET_ENV = {
@@ -145,44 +146,76 @@ def check(dest: Path, root: str = "deepspeed") -> int:
 def install(dest: Path, target: Path, root: str = "deepspeed") -> str:
     """On the GPU machine: make ``import <root>`` work from ``target`` (see the module docstring).
     -> a line saying what was installed."""
-    wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
+    if not any(dest.glob("*.whl")):
         raise SystemExit(
-            f"gpu: deepspeed is not importable and {dest} holds no wheels. Prepare them on a machine with a "
-            "registry (`./dev gpu --prepare-wheels`) and carry the folder with the repository."
+            f"gpu: {root} is not importable and {dest} holds no wheels. Prepare them on a machine with a "
+            "registry (`./dev gpu --prepare-wheels`) and copy the folder with the repository."
         )
+    needed = needed_wheels(dest, root)
     target.mkdir(parents=True, exist_ok=True)
-    needed = _resolve_here(dest, root)
-    if needed is not None:
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target"]
-        proc = subprocess.run([*cmd, str(target), *needed], capture_output=True, text=True)
-        if proc.returncode == 0:
-            return f"installed {', '.join(Path(w).name for w in needed)} into {target} (pip)"
-        print(f"gpu: pip install failed, unpacking instead:\n{proc.stderr[-2000:]}", file=sys.stderr)
-    unpacked = []
-    for w in wheels:
-        name = _canon(w.name.split("-")[0])
-        try:
-            md.version(name)
-            continue  # installed on this machine already
-        except md.PackageNotFoundError:
-            pass
+    names = ", ".join(w.name.split("-")[0] for w in needed)
+    if _pip_install(target, needed):
+        return f"installed {names} into {target} (pip --no-deps)"
+    for w in needed:
         with zipfile.ZipFile(w) as z:
             z.extractall(target)
-        unpacked.append(w.name)
-    return f"unpacked {', '.join(unpacked)} into {target} (no usable pip resolver)"
+    return f"unpacked {names} into {target} (pip could not install them)"
 
 
-def _resolve_here(dest: Path, root: str) -> list[str] | None:
-    """The carried wheel files pip would install for ``root`` in this environment (its installed
-    packages count as present), or None when pip cannot say."""
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index"]
-        cmd += ["--find-links", str(dest), "--report", str(report), root]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not report.exists():
-            print(f"gpu: pip could not resolve {root} here:\n{proc.stderr[-2000:]}", file=sys.stderr)
-            return None
-        urls = [i["download_info"]["url"] for i in json.loads(report.read_text())["install"]]
-    return [unquote(urlparse(u).path) for u in urls]
+def needed_wheels(dest: Path, root: str) -> list[Path]:
+    """The carried wheels ``root`` needs here: its requirements are walked from its wheel; one that an
+    installed distribution satisfies is left to it (and not walked further, so the machine's own torch and
+    its dependencies are never looked at); any other must be satisfied by the carried wheel of that name."""
+    Requirement = _requirement_class(dest)
+    carried = {_canon(w.name.split("-")[0]): (w, w.name.split("-")[1]) for w in dest.glob("*.whl")}
+    chosen: dict[str, Path] = {}
+    todo = [Requirement(root)]
+    while todo:
+        req = todo.pop()
+        name = _canon(req.name)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if name in chosen:
+            continue
+        try:
+            have = md.version(name)
+        except md.PackageNotFoundError:
+            have = None
+        if have is not None and req.specifier.contains(have, prereleases=True):
+            continue
+        if name not in carried or not req.specifier.contains(carried[name][1], prereleases=True):
+            offer = f"carries {carried[name][1]}" if name in carried else "carries none"
+            raise SystemExit(
+                f"gpu: {root} needs {req}: this machine has {have or 'none'} and {dest} {offer}; "
+                "prepare the wheels again (`./dev gpu --prepare-wheels`)"
+            )
+        chosen[name] = carried[name][0]
+        todo += [Requirement(r) for r in _requires(carried[name][0])]
+    return sorted(chosen.values())
+
+
+def _requirement_class(dest: Path):
+    """packaging's Requirement: from this Python, else from the carried packaging wheel (a zip on sys.path)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        sys.path.append(str(next(dest.glob("packaging-*.whl"))))
+        from packaging.requirements import Requirement
+    return Requirement
+
+
+def _requires(wheel: Path) -> list[str]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        text = z.read(meta).decode()
+    head = text.split("\n\n", 1)[0]  # the headers end at the first blank line (the description follows)
+    return [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def _pip_install(target: Path, wheels: list[Path]) -> bool:
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target"]
+    proc = subprocess.run([*cmd, str(target), *map(str, wheels)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"gpu: pip install failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+    return proc.returncode == 0
