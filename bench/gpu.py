@@ -92,12 +92,18 @@ def guard_imports() -> None:
     sys.meta_path.insert(0, _Absent())
 
 
+def unwind_on_sigterm() -> None:
+    """SIGTERM (the run's time limit, see ``_stop``) -> SystemExit(143): the part unwinds and its cleanups
+    run (e.g. torch's extension build releases its lock file) instead of dying mid-way."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 # --------------------------------------------------------------------------------- one part's process
 
 
 def run_section(args: argparse.Namespace) -> int:
     """One part, in this (child) process: its rows go to --result, one JSON line each, as they come."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the run's time limit: unwind, run cleanups
+    unwind_on_sigterm()
     guard_imports()
     from datapipe.common.logs import setup_logging
 

@@ -195,3 +195,26 @@ def test_every_part_ends_within_the_budget(tmp_path):
         soft, hard = run.deadlines(i)
         assert soft <= hard <= run.end
     assert run.deadlines(len(gpu.SHARES) - 1)[1] == run.end
+
+
+def test_a_part_stopped_at_its_time_limit_unwinds(tmp_path):
+    """The run's _stop sends SIGTERM to a part's process group; the part turns it into SystemExit, so its
+    cleanups run (a compile cache's lock file, say) and it ends with 143, not by SIGKILL."""
+    import time
+
+    import gpu
+
+    code = "import sys, time\nsys.argv = ['x']\nimport gpu\ngpu.unwind_on_sigterm()\n"
+    code += "try:\n    print('ready', flush=True)\n    time.sleep(60)\nfinally:\n    open('cleaned', 'w').close()\n"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "bench")])},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    started = time.time()
+    gpu._stop(proc)
+    assert proc.returncode == 143 and (tmp_path / "cleaned").exists() and time.time() - started < 10
