@@ -102,18 +102,20 @@ class _Deadline:
 
     def __init__(self, deadline: float, jsonl: Path, min_windows: int = 2) -> None:
         self.deadline, self.jsonl, self.min_windows = deadline, jsonl, min_windows
+        self.signum = 0
 
-    @property
-    def signum(self) -> int:
-        if time.time() <= self.deadline or not self.jsonl.exists():
-            return 0
-        return 15 if len(self.jsonl.read_text().splitlines()) >= self.min_windows else 0
+    def poll(self) -> int:
+        """StepLoop asks this after every step (as it asks trainer.pretrain.StopRequested): 15 once due."""
+        if not self.signum and time.time() > self.deadline and self.jsonl.exists():
+            if len(self.jsonl.read_text().splitlines()) >= self.min_windows:
+                self.signum = 15
+        return self.signum
 
 
 def run_ours(cfg, data_dir: Path, work: Path, *, window_steps: int, windows: int, deadline: float) -> dict:
     """Our trainer's build steps and StepLoop: windows of ``window_steps`` steps, the first one warm-up."""
+    from cluster.launch import init_process_group
     from datapipe.common.tracking import NullTracker
-    from trainer.engine import init_distributed
     from trainer.families import FAMILIES, count_params
     from trainer.loop import StepLoop
     from trainer.pretrain import build_loader, build_model_and_engine, check_data
@@ -123,7 +125,7 @@ def run_ours(cfg, data_dir: Path, work: Path, *, window_steps: int, windows: int
     )
     check_data(cfg, data_dir)
     t0 = time.perf_counter()
-    dist_info = init_distributed()
+    dist_info = init_process_group()
     engine, _ = build_model_and_engine(cfg, dist_info)
     loader = build_loader(cfg, data_dir, dist_info)
     jsonl = work / "ours-metrics.jsonl"
@@ -142,7 +144,10 @@ def run_ours(cfg, data_dir: Path, work: Path, *, window_steps: int, windows: int
     )
     setup_s = time.perf_counter() - t0
     outcome = loop.run(0)
+    # A stop mid-window logs that partial window too (the loop logs before any checkpoint): only whole
+    # windows count, so that every timed window holds the same number of steps.
     logged = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    logged = [r for r in logged if r["step"] % window_steps == 0]
     from kernels.dispatch import chosen_paths
 
     return _summary(
