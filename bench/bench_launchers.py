@@ -28,15 +28,18 @@ REPO = Path(__file__).resolve().parents[1]
 def run(cmd: list[str], out: Path) -> dict[str, float]:
     """Run one pretraining command; seconds until metrics.jsonl has its first line, and its steady tokens/s."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    first = None
-    while proc.poll() is None:
-        if first is None and metrics.exists() and metrics.read_text().strip():
-            first = time.perf_counter() - t0
-        time.sleep(0.05)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-3000:]}")
+    # the logs go to a file: a pipe nobody reads while polling fills at 64 KiB and stalls the run
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        metrics = out / "metrics.jsonl"
+        first = None
+        while proc.poll() is None:
+            if first is None and metrics.exists() and metrics.read_text().strip():
+                first = time.perf_counter() - t0
+            time.sleep(0.05)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{log.read()[-3000:]}")
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     return {
         "startup_s": first or float("nan"),
