@@ -25,12 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(cmd: list[str], out: Path) -> dict[str, float]:
+def run(cmd: list[str], out: Path, env: dict[str, str]) -> dict[str, float]:
     """Run one pretraining command; seconds until metrics.jsonl has its first line, and its steady tokens/s."""
     t0 = time.perf_counter()
     # the logs go to a file: a pipe nobody reads while polling fills at 64 KiB and stalls the run
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
         metrics = out / "metrics.jsonl"
         first = None
         while proc.poll() is None:
@@ -79,7 +79,9 @@ def main() -> int:
         for r in range(args.rounds):
             for name, extra in launchers.items():
                 out = scratch / f"run-{r}-{len(results[name])}-{extra[0].strip('-')}"
-                results[name].append(run([*common, "--out", str(out), *extra], out))
+                # cluster.env: Ray's loopback single-node mode; without it the driver rewrites 127.0.0.1 to the
+                # machine's address, where this cluster does not listen, and waits for the GCS forever
+                results[name].append(run([*common, "--out", str(out), *extra], out, cluster.env))
     finally:
         cluster.stop()
         shutil.rmtree(scratch, ignore_errors=True)
