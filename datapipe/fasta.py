@@ -59,6 +59,9 @@ _CONTROL = np.array([(i < 0x20 and i not in _WS) or i == 0x7F for i in range(256
 _BINARY = _CONTROL | (np.arange(256) >= 0x80)
 _Done = tuple[str, str, int, int, bytearray, bytearray]  # name, description, line, length, seq, mask
 _MAGIC_OTHER = {b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+COMPRESSION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+"""What reading a truncated or corrupt gzip stream raises (a cut stream, a bad CRC, damaged deflate data):
+every text reader on top of :func:`open_maybe_compressed` turns these into its InputError."""
 
 
 class FastaFormatError(InputError):
@@ -275,7 +278,7 @@ def _parse(path: str | os.PathLike[str], block_size: int, keep_seq: bool, keep_m
         while True:
             try:
                 piece = read1(block_size - size)
-            except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            except COMPRESSION_ERRORS as exc:
                 yield from parser.feed(b"".join(parts))
                 raise parser.error(
                     parser.last_line,

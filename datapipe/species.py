@@ -3,7 +3,7 @@ language in the DNAGPT model code released with arXiv:2307.05628)."""
 
 from __future__ import annotations
 
-from datapipe.common.errors import UsageError
+from datapipe.common.errors import MissingError, UsageError
 
 # Names users type (lower case, no spaces) -> reserved-token letter.
 SPECIES_TOKENS: dict[str, str] = {
@@ -52,9 +52,18 @@ def read_species_table(path: str) -> dict[str, list[str]]:
     import fsspec
 
     table: dict[str, list[str]] = {}
-    with fsspec.open(path, "rt", encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, 1):
+    try:
+        with fsspec.open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise MissingError(f"{path}: no such species table; --species-table takes a text file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path} is a folder; --species-table takes a text file") from None
+    for number, data in enumerate(raw.splitlines(), 1):
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{path}:{number}: not UTF-8 text ({err}); is this a binary file?") from None
         fields = line.split("#", 1)[0].split()
         if not fields:
             continue

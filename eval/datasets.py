@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from datapipe.common.errors import UsageError
+from datapipe.fasta import COMPRESSION_ERRORS, open_maybe_compressed
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -90,32 +91,22 @@ def read_table(path: str | Path) -> LabelledSet:
     An optional ``split`` column (train / val / test; dev and valid mean val) fixes the split, e.g. a
     benchmark's published one; every row then needs one."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     delim = "\t" if ".tsv" in path.suffixes else ","
-    seqs, raw_labels, parts = [], [], []
-    with opener(path, "rt", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delim)
-        if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
-            raise UsageError(
-                f"{path}:1: header must name the columns 'sequence' and 'label' "
-                f"(got {reader.fieldnames}); delimiter {'TAB' if delim == chr(9) else 'comma'}"
-            )
-        for line, row in enumerate(reader, start=2):
-            seq = (row["sequence"] or "").strip().upper().replace(" ", "")
-            if not seq or set(seq) - set("ACGTN"):
-                raise UsageError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
-            label = (row["label"] or "").strip()
-            if not label:
-                raise UsageError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
-            if "split" in reader.fieldnames:
-                part = split_name(row["split"] or "")
-                if part is None:
-                    raise UsageError(
-                        f"{path}:{line}: split {row['split']!r}; write train, val (or dev) or test in every row"
-                    )
-                parts.append(part)
-            seqs.append(seq)
-            raw_labels.append(label)
+    seqs: list[str] = []
+    raw_labels: list[str] = []
+    parts: list[str] = []
+    reader = None
+    try:
+        with open_maybe_compressed(path) as fh, io.TextIOWrapper(fh, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter=delim)
+            _table_rows(path, reader, delim, seqs, raw_labels, parts)
+    except (UnicodeDecodeError, csv.Error, *COMPRESSION_ERRORS) as exc:
+        line = (reader.line_num if reader is not None else 0) + 1  # the line being read when it failed
+        what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "unreadable"
+        raise UsageError(
+            f"{path}:{line}: {what} ({exc}); give a plain or gzip CSV/TSV text file (fields under 128 KiB, "
+            "quotes closed)"
+        ) from None
     if not seqs:
         raise UsageError(f"{path}: no rows after the header")
     classes = sorted(set(raw_labels), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
@@ -130,6 +121,33 @@ def read_table(path: str | Path) -> LabelledSet:
     return LabelledSet(
         name=path.name, sequences=seqs, labels=labels, classes=tuple(classes), given_split=given
     )
+
+
+def _table_rows(
+    path: Path, reader: csv.DictReader, delim: str, seqs: list[str], raw_labels: list[str], parts: list[str]
+) -> None:
+    """Check and collect the rows of a CSV/TSV task file (read_table)."""
+    if reader.fieldnames is None or not {"sequence", "label"} <= set(reader.fieldnames):
+        raise UsageError(
+            f"{path}:1: header must name the columns 'sequence' and 'label' "
+            f"(got {reader.fieldnames}); delimiter {'TAB' if delim == chr(9) else 'comma'}"
+        )
+    for line, row in enumerate(reader, start=2):
+        seq = (row["sequence"] or "").strip().upper().replace(" ", "")
+        if not seq or set(seq) - set("ACGTN"):
+            raise UsageError(f"{path}:{line}: sequence must be non-empty A/C/G/T/N (got {seq[:30]!r})")
+        label = (row["label"] or "").strip()
+        if not label:
+            raise UsageError(f"{path}:{line}: empty label; every row needs one in the 'label' column")
+        if "split" in reader.fieldnames:
+            part = split_name(row["split"] or "")
+            if part is None:
+                raise UsageError(
+                    f"{path}:{line}: split {row['split']!r}; write train, val (or dev) or test in every row"
+                )
+            parts.append(part)
+        seqs.append(seq)
+        raw_labels.append(label)
 
 
 @dataclass(kw_only=True)

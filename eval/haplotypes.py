@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from datapipe.common.errors import InputError, MissingError
+from datapipe.fasta import COMPRESSION_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -109,21 +110,32 @@ def _text_lines(path: Path) -> Iterator[io.BufferedIOBase]:
     """A binary line reader over a plain, gzip or single-member zip file (the format from its bytes)."""
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic[:2] == b"\x1f\x8b":
-        with gzip.open(path, "rb") as g:
-            yield g
-    elif magic == b"PK\x03\x04":
-        with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.namelist() if not m.endswith("/")]
-            if len(members) != 1:
-                raise InputError(
-                    path, None, f"a zip archive must hold one haplotype file, found {len(members)}"
-                )
-            with zf.open(members[0]) as member:
-                yield io.BufferedReader(member)
-    else:
-        with open(path, "rb") as f:
-            yield f
+    try:
+        if magic[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as g:
+                yield g
+        elif magic == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.namelist() if not m.endswith("/")]
+                if len(members) != 1:
+                    raise InputError(
+                        path, None, f"a zip archive must hold one haplotype file, found {len(members)}"
+                    )
+                if zf.getinfo(members[0]).flag_bits & 0x1:
+                    raise InputError(
+                        path, None, "the zip archive is encrypted; unpack it and give the .hapt file"
+                    )
+                with zf.open(members[0]) as member:
+                    yield io.BufferedReader(member)
+        else:
+            with open(path, "rb") as f:
+                yield f
+    except (*COMPRESSION_ERRORS, zipfile.BadZipFile, NotImplementedError, UnicodeDecodeError) as err:
+        # raised while reading (thrown in at the yield) or opening: a cut/corrupt archive (zipfile says
+        # NotImplementedError for a damaged version or method field), or bytes that are not UTF-8 text
+        raise InputError(
+            path, None, f"unreadable ({err}): a truncated or corrupt archive, or not text; re-download it"
+        ) from None
 
 
 def _binary_row(values: list[bytes], path: Path, line: int, first_col: int) -> np.ndarray:
@@ -188,9 +200,10 @@ def read_legend(path: str | Path) -> SnpTable:
     with _text_lines(path) as f:
         for n, raw in enumerate(f, start=1):
             parts = raw.decode(errors="replace").split()
-            if not parts or (n == 1 and not (len(parts) > 1 and parts[1].isdigit())):
+            number = len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) < 19
+            if not parts or (n == 1 and not number):
                 continue  # the header line
-            if len(parts) < 4 or not parts[1].isdigit():
+            if len(parts) < 4 or not number:  # ASCII digits that fit an int64 ('²'.isdigit() is True)
                 raise InputError(path, n, "expected 'id position a0 a1'")
             ids.append(parts[0])
             pos.append(int(parts[1]))
@@ -209,16 +222,40 @@ def _vcf_header_lines(path: Path) -> int | None:
     with open(path, "rb") as f:
         magic = f.read(2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
-    with opener(path, "rb") as f:
-        if f.read(3) == b"BCF":
-            return None
-        f.seek(0)
-        n = 0
-        for line in f:
-            if not line.startswith(b"#"):
-                break
-            n += 1
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            if f.read(3) == b"BCF":
+                return None
+            f.seek(0)
+            for line in f:
+                if not line.startswith(b"#"):
+                    break
+                n += 1
+    except COMPRESSION_ERRORS as err:
+        raise InputError(
+            path, n + 1, f"compressed data is truncated or corrupt ({err}); re-download it"
+        ) from None
     return n
+
+
+def _vcf_records(vcf, path: Path, header_lines: int | None) -> Iterator:
+    """cyvcf2's records; htslib's parse errors (a bare Exception from cyvcf2) become an InputError."""
+    it, n = iter(vcf), 0
+    while True:
+        try:
+            rec = next(it)
+        except StopIteration:
+            return
+        except Exception as err:
+            if type(err) is not Exception:  # only cyvcf2's bare Exception is bad input; others are bugs
+                raise
+            line = header_lines + n + 1 if header_lines is not None else None
+            raise InputError(
+                path, line, f"record is not valid VCF ({err}); check the file's columns"
+            ) from None
+        n += 1
+        yield rec
 
 
 def _gt_declared(vcf) -> bool:
@@ -227,6 +264,13 @@ def _gt_declared(vcf) -> bool:
 
 def read_vcf(path: Path) -> HaplotypePanel:
     """Phased genotypes of every sample through cyvcf2; see the module docstring for what is refused."""
+    try:
+        return _read_vcf(path)
+    except UnicodeDecodeError as err:  # cyvcf2 decodes names (samples, CHROM, ID) as UTF-8 when read
+        raise InputError(path, None, f"not UTF-8 text ({err}); is this a binary file?") from None
+
+
+def _read_vcf(path: Path) -> HaplotypePanel:
     from cyvcf2 import VCF
 
     try:
@@ -242,7 +286,7 @@ def read_vcf(path: Path) -> HaplotypePanel:
     columns, chrom, pos, ids, a0, a1 = [], [], [], [], [], []
     skipped: Counter[str] = Counter()
     ploidy = None
-    for n, rec in enumerate(vcf, start=1):
+    for n, rec in enumerate(_vcf_records(vcf, path, header_lines), start=1):
         where = (header_lines + n) if header_lines is not None else None
         site = f"record {rec.CHROM}:{rec.POS}"
         if len(rec.ALT) != 1:
@@ -319,6 +363,8 @@ def read_sample_ids(path: Path) -> list[str]:
                 if n == 1 and (len(parts) < 2 or parts[:2] != ["ID_1", "ID_2"]):
                     raise InputError(path, 1, "expected the .sample header 'ID_1 ID_2 missing ...'")
                 continue
+            if len(parts) < 2:
+                raise InputError(path, n, "expected 'ID_1 ID_2 ...' (two ids) on every sample line")
             ids.append(parts[1] if parts[1] not in ("0", "") else parts[0])
     return ids
 
@@ -345,6 +391,8 @@ def read_haps(path: Path, sample: str | Path | None) -> HaplotypePanel:
             if any(v in (b"?", b".", b"-") for v in parts[5:]):
                 skipped["missing genotype call"] += 1
                 continue
+            if not (parts[2].isdigit() and len(parts[2]) < 19):  # ASCII digits that fit an int64
+                raise InputError(path, n, f"position {parts[2][:20]!r} (column 3) is not a whole number")
             columns.append(_binary_row(parts[5:], path, n, first_col=6))
             chrom.append(parts[0].decode())
             ids.append(parts[1].decode())

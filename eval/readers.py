@@ -388,7 +388,10 @@ def read_labelled_fasta(path: PathLike, *, name: str | None = None) -> LabelledS
         parts.append(part)
     data = _labelled(name or path.name.split(".")[0], seqs, labels, path)
     if parts and parts[0] is not None:
-        data = replace(data, given_split=np.asarray(parts, dtype=object))
+        try:  # LabelledSet checks the split (train, val and test each present) and names the set, not the file
+            data = replace(data, given_split=np.asarray(parts, dtype=object))
+        except UsageError as err:
+            raise DataFormatError(path, None, str(err)) from None
     return data
 
 

@@ -1,0 +1,132 @@
+"""Minimal inputs the fuzz tests (tests/test_fuzz_*.py) found crashing a reader, kept as plain tests: each
+once raised something other than the project's UserError (a traceback for the user)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from datapipe.common.errors import InputError, MissingError, UsageError, UserError
+from datapipe.species import read_species_table
+from eval.annotations import read_bed, read_gff3, read_gtf
+from eval.datasets import read_table
+from eval.haplotypes import read_haplotypes, read_legend
+from eval.readers import read_dnabert_tsv, read_labelled_fasta, read_zeng
+
+GTF_LINE = b'chr20\tH\tgene\t100\t{end}\t.\t+\t.\tgene_id "G1";\n'
+
+
+def _cut_gzip(data: bytes) -> bytes:
+    comp = gzip.compress(data, mtime=0)
+    return comp[: len(comp) // 2]
+
+
+def _zip_with_version(data: bytes) -> bytes:
+    """A zip whose central directory claims an extract version zipfile does not implement."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("panel.hapt", data)
+    raw = bytearray(buf.getvalue())
+    cd = raw.rfind(b"PK\x01\x02")
+    raw[cd + 6] = 78  # "version needed to extract": 7.8
+    return bytes(raw)
+
+
+CASES = {
+    # name: (file name, bytes, reader, expected error type)
+    "species-not-utf8": ("species.txt", b"\x80", lambda p: read_species_table(str(p)), UsageError),
+    "table-not-utf8": ("set.csv", b"sequence,label\n\x80,1\n", read_table, UsageError),
+    "table-huge-field": ("set.csv", b"sequence,label\n" + b"A" * 200_000 + b",1\n", read_table, UsageError),
+    "table-cut-gzip": ("set.csv.gz", _cut_gzip(b"sequence,label\nACGT,1\n" * 500), read_table, UsageError),
+    "table-not-gzip": ("set.csv.gz", b"\x1f\x8bnot really gzip", read_table, UsageError),
+    "dnabert-cut-gzip": (
+        "dev.tsv",
+        _cut_gzip(b"sequence\tlabel\n" + b"ACGTAC CGTACG\t1\n" * 500),
+        read_dnabert_tsv,
+        InputError,
+    ),
+    "zeng-bad-crc": (
+        "train.data",
+        gzip.compress(b">chr1:1-2 AC 1\n")[:-8] + b"\0" * 8,
+        read_zeng,
+        InputError,
+    ),
+    "bed-cut-gzip": ("a.bed", _cut_gzip(b"chr1\t1\t2\n" * 2000), read_bed, InputError),
+    "bed-huge-end": ("a.bed", b"chr1\t1\t99999999999999999999999\n", read_bed, InputError),
+    "gtf-huge-end": ("a.gtf", GTF_LINE.replace(b"{end}", b"9" * 23), read_gtf, InputError),
+    "gff3-huge-end": (
+        "a.gff3",
+        b"chr20\tE\tgene\t100\t" + b"9" * 23 + b"\t.\t-\t.\tID=g1\n",
+        read_gff3,
+        InputError,
+    ),
+    "labelled-fasta-split-without-train": (
+        "set.fa",
+        b">c|1 split=test\nA\n",
+        read_labelled_fasta,
+        InputError,
+    ),
+    "hapt-cut-gzip": ("p.hapt.gz", _cut_gzip(b"AG H_A 0 1 1 0\n" * 500), read_haplotypes, InputError),
+    "hapt-zip-version": ("p.hapt.zip", _zip_with_version(b"AG H_A 0 1\n"), read_haplotypes, InputError),
+    "hapt-bad-zip": ("p.hapt.zip", b"PK\x03\x04" + b"\0" * 40, read_haplotypes, InputError),
+    "legend-unicode-digit": (
+        "s.legend",
+        "id position a0 a1\nrs1 \u00b2 A G\n".encode(),
+        read_legend,
+        InputError,
+    ),
+    "vcf-not-utf8": (
+        "p.vcf",
+        b"##fileformat=VCFv4.2\n##contig=<ID=20>\n"
+        b'##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+        b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\n\x80\t100\t.\tA\tG\t.\t.\t.\tGT\t0|1\n",
+        read_haplotypes,
+        InputError,
+    ),
+    "vcf-cr-line-ends": (
+        "p.vcf",
+        b"##fileformat=VCFv4.2\r\r\n##contig=<ID=20>\r\r\n"
+        b'##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\r\r\n'
+        b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\r\r\n20\t100\t.\tA\tG\t.\t.\t.\tGT\t0|1\r\r\n",
+        read_haplotypes,
+        InputError,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_found_by_fuzzing(case: str, tmp_path: Path) -> None:
+    name, data, reader, kind = CASES[case]
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(kind) as info:
+        reader(path)
+    assert name in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing left behind
+
+
+def test_species_table_missing_is_missing_error(tmp_path: Path) -> None:
+    with pytest.raises(MissingError, match="no such species table"):
+        read_species_table(str(tmp_path / "none.txt"))
+
+
+@pytest.mark.parametrize(
+    ("haps", "sample", "where"),
+    [
+        (
+            b"20 rs1 \x0000 A G 0 1\n",
+            b"ID_1 ID_2 missing\n0 0 0\nS1 S1 0\n",
+            "p.haps:1",
+        ),  # position not a number
+        (b"20 rs1 100 A G 0 1\n", b"ID_1 ID_2 missing\n0 0 0\n 0\n", "p.sample:3"),  # one id on a sample line
+    ],
+)
+def test_haps_found_by_fuzzing(haps: bytes, sample: bytes, where: str, tmp_path: Path) -> None:
+    (tmp_path / "p.haps").write_bytes(haps)
+    (tmp_path / "p.sample").write_bytes(sample)
+    with pytest.raises(UserError, match=where):
+        read_haplotypes(tmp_path / "p.haps")
