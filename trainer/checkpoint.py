@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from datapipe.common.errors import MissingError
+from datapipe.common.errors import InputError, MissingError
 from datapipe.common.files import atomic_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,53 @@ def save_checkpoint(engine: Any, ckpt_dir: Path, *, step: int, state: dict[str, 
     return tag
 
 
+# What DeepSpeed's own checkpoint files pickle besides tensors and containers (ZeRO-1/2 optimizer states).
+# DeepSpeed loads its files with torch.load(weights_only=False), i.e. it would run any code a pickle holds:
+# check_pickles refuses every other global before DeepSpeed opens a checkpoint.
+DEEPSPEED_GLOBALS = frozenset(
+    {
+        "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+        "deepspeed.runtime.zero.config.ZeroStageEnum",
+        "deepspeed.utils.tensor_fragment.fragment_address",
+    }
+)
+
+
+def check_pickles(folder: Path) -> None:
+    """Refuse a checkpoint whose ``.pt`` files pickle anything but tensors, containers and
+    :data:`DEEPSPEED_GLOBALS` (e.g. a file from elsewhere that would run code when loaded). Reads only each
+    file's pickle stream, not its tensor data: ~ms per file."""
+    for path in sorted(folder.rglob("*.pt")):
+        try:
+            names = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception as err:  # zip, pickle and torch format errors of a damaged file; none are bugs here
+            raise InputError(
+                path, None, f"not a readable torch checkpoint file ({err}); restore it"
+            ) from None
+        if names - DEEPSPEED_GLOBALS:
+            raise InputError(
+                path,
+                None,
+                f"pickles {', '.join(sorted(names - DEEPSPEED_GLOBALS))}, which a checkpoint written by dnafm "
+                "never holds; refused, because loading it would run that code (weights_only)",
+            )
+
+
+def _plain_tag(tag: str, path: Path) -> str:
+    if not tag or tag in (".", "..") or len(tag) > 200 or any(c in tag for c in "/\\\0"):
+        raise InputError(path, 1, f"{tag[:60]!r} is not a checkpoint tag (a folder name like step0000300)")
+    return tag
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
     """Tag named by ``latest`` if that checkpoint is complete; None when there is none."""
     path = ckpt_dir / "latest"
     if not path.exists():
         return None
-    tag = path.read_text().strip()
+    try:
+        tag = _plain_tag(path.read_text(encoding="utf-8").strip(), path)
+    except UnicodeDecodeError as err:
+        raise InputError(path, 1, f"not a checkpoint tag ({err}); delete the file or restore it") from None
     if not (ckpt_dir / tag / COMPLETE).exists():
         raise MissingError(
             f"{path} names {tag}, which is not a complete checkpoint; "
@@ -69,7 +110,32 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def read_state(ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    return json.loads((ckpt_dir / tag / STATE_FILE).read_text())
+    """The checkpoint's dnafm_state.json, with the fields resume and export read checked for type."""
+    path = ckpt_dir / _plain_tag(tag, ckpt_dir / "latest") / STATE_FILE
+    try:
+        state = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise MissingError(
+            f"{path} is missing: the checkpoint is incomplete; restore it or delete it"
+        ) from None
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        raise InputError(
+            path, None, f"not valid JSON ({err}); restore the file or delete the checkpoint"
+        ) from None
+    problem = None
+    if not isinstance(state, dict):
+        problem = "not a JSON object"
+    elif not (isinstance(state.get("step"), int) and state["step"] >= 0):
+        problem = "field 'step' must be a count"
+    elif not (isinstance(state.get("world_size"), int) and state["world_size"] >= 1):
+        problem = "field 'world_size' must be a positive count"
+    elif not isinstance(state.get("config"), dict) or not isinstance(state.get("loader"), dict):
+        problem = "fields 'config' and 'loader' must be objects"
+    if problem:
+        raise InputError(
+            path, None, f"{problem}; the checkpoint state is damaged, restore it or delete the checkpoint"
+        )
+    return state
 
 
 def universal_tag_for(ckpt_dir: Path, tag: str) -> str:
@@ -106,7 +172,14 @@ def restore_rng(ckpt_dir: Path, tag: str, rank: int) -> bool:
     path = ckpt_dir / tag / f"rng_rank{rank}.pt"
     if not path.exists():
         return False
-    rng = torch.load(path, weights_only=True)
+    try:
+        rng = torch.load(path, weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError for a non-tensor payload, zip/format errors
+        raise InputError(
+            path, None, f"refused: not a tensors-only file ({err}); delete it to resume"
+        ) from None
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        raise InputError(path, None, "refused: expected {'torch': <RNG state tensor>}; delete it to resume")
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
@@ -129,6 +202,7 @@ def export_checkpoint(
             "pass the --out folder of `dnafm pretrain`"
         )
     state = read_state(ckpt_dir, tag)
+    check_pickles(ckpt_dir / tag)  # DeepSpeed unpickles with weights_only=False
     full = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
     from trainer.families import FAMILIES
     from trainer.models.export import export_model

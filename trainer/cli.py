@@ -193,8 +193,13 @@ def resolve(args: argparse.Namespace):
     if args.deepspeed_config:
         try:
             user_ds = json.loads(args.deepspeed_config.read_text())
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
             raise UsageError(f"--deepspeed_config {args.deepspeed_config}: {err}") from err
+        if not isinstance(user_ds, dict) or not isinstance(user_ds.get("zero_optimization", {}), dict):
+            raise UsageError(
+                f"--deepspeed_config {args.deepspeed_config}: expected a JSON object (DeepSpeed's config "
+                "format) whose zero_optimization is an object"
+            )
         # Keep the loader and the schedule in step with the batch sizes the ds.json sets.
         if "train_micro_batch_size_per_gpu" in user_ds:
             overrides.append(f"loader.micro_batch_size={user_ds['train_micro_batch_size_per_gpu']}")

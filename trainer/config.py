@@ -134,6 +134,8 @@ class PretrainConfig(Config):
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, _prefix: str = "") -> Self:
         # The model section's type follows the family, so its errors name 'model.<field>' precisely.
+        if not isinstance(data, dict):
+            return super().from_dict(data, _prefix=_prefix)  # which says what it expected
         data = dict(data)
         family = data.get("family", "dnagpt")
         model_cls = BertConfig if family == "dnabert" else GPTConfig

@@ -31,6 +31,7 @@ from datapipe.shards.manifest import MANIFEST, read_manifest
 from datapipe.tokenizers import get_tokenizer
 from kernels.dispatch import chosen_paths
 from trainer.checkpoint import (
+    check_pickles,
     latest_tag,
     read_state,
     restore_rng,
@@ -146,6 +147,7 @@ def find_resume_point(cfg: PretrainConfig, ckpt_dir: Path, *, resume: bool, worl
             log.info("--resume: no checkpoint in %s yet; starting from step 0", ckpt_dir)
         return ResumePoint()
     state = read_state(ckpt_dir, tag)
+    check_pickles(ckpt_dir / tag)  # before DeepSpeed (or its universal converter) unpickles the files
     _check_resumable(state["config"], cfg)
     if state["world_size"] == world_size:
         return ResumePoint(tag=tag, state=state)

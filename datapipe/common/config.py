@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -63,7 +64,7 @@ class Config:
         for item in overrides:
             key, sep, raw = item.partition("=")
             if not sep or not key:
-                raise ConfigError(item, "overrides look like 'section.field=value'")
+                raise ConfigError(item or "--set", "overrides look like 'section.field=value'")
             node = data
             parts = key.strip().split(".")
             for i, part in enumerate(parts[:-1]):
@@ -99,7 +100,7 @@ def _parse_scalar(raw: str) -> Any:
     """Parse a command-line value as JSON when it is JSON (numbers, true/false, null, lists), else a string."""
     try:
         return json.loads(raw)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or an integer of more digits than Python converts (4300)
         return raw
 
 
@@ -142,12 +143,17 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(path, f"expected true or false, got {value!r}")
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)  # int(inf) / int(nan) raise, they do not compare
+            or int(value) != value
+        ):
             raise ConfigError(path, f"expected an integer, got {value!r}")
         return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, f"expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(path, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

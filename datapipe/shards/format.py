@@ -26,6 +26,10 @@ MEMBER = re.compile(rf"^({KEY})\.(ids\.npy|meta\.json|mask\.npy)$")
 BLOCK = 512
 PAD = b"\0" * BLOCK
 _NPY = re.compile(rb"^\{'descr': '(<u2|\|u1)', 'fortran_order': False, 'shape': \((\d+),\), \} *\n$")
+# What np.save writes for any 1-D array (this key order, padded with spaces); other arrays are refused
+_NPY_ANY = re.compile(
+    rb"^\{'descr': '([<>|=][a-zA-Z]\d{0,2})', 'fortran_order': False, 'shape': \((\d+),\), \} *\n$"
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -146,4 +150,20 @@ def load_npy(data: bytes | memoryview, where: str = "") -> np.ndarray:
             if len(data) - 10 - hlen != n * dtype.itemsize:
                 raise ValueError(f"{where}: .npy holds {len(data) - 10 - hlen} bytes, header says {n} items")
             return np.frombuffer(data, dtype, n, 10 + hlen)
-    return np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+    # Anything else is parsed here too, strictly, never by np.load: NumPy's header parser (ast + tokenize)
+    # raises half a dozen exception types on damaged headers, and a header may claim any shape.
+    size = {b"\x01\x00": 2, b"\x02\x00": 4}.get(bytes(data[6:8]), 0) if bytes(data[:6]) == b"\x93NUMPY" else 0
+    if not size or len(data) < 8 + size:
+        raise ValueError(f"{where}: not a .npy array (bad magic or version)")
+    hlen = int.from_bytes(data[8 : 8 + size], "little")
+    m = _NPY_ANY.match(bytes(data[8 + size : 8 + size + hlen]))
+    if not m:
+        raise ValueError(f"{where}: .npy header is not that of a 1-D array of numbers")
+    try:
+        dtype = np.dtype(m.group(1).decode())
+    except TypeError as err:
+        raise ValueError(f"{where}: .npy dtype {m.group(1)!r} ({err})") from None
+    n, body = int(m.group(2)), len(data) - 8 - size - hlen
+    if dtype.hasobject or dtype.itemsize == 0 or body != n * dtype.itemsize:
+        raise ValueError(f"{where}: .npy holds {body} bytes, its header says {n} x {dtype}")
+    return np.frombuffer(data, dtype, n, 8 + size + hlen)

@@ -24,15 +24,56 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise ShardError(f"{path} not found: point --data at a folder written by `dnafm prepare`")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
         raise ShardError(f"{path} is not valid JSON ({err}); re-run `dnafm prepare`") from err
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{path} is not a JSON object; re-run `dnafm prepare`")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ShardError(
             f"{path}: format_version {manifest.get('format_version')!r}, "
             f"this dnafm reads {FORMAT_VERSION}; re-run `dnafm prepare`"
         )
+    _check_entries(manifest, path)
     return manifest
+
+
+def _check_entries(manifest: dict[str, Any], path: Path) -> None:
+    """The fields the loader and verify use, with their types; shard and index names must be plain file
+    names (a name like '../x' or '/x' would make the reader open a file outside the folder)."""
+    shards, totals, config = manifest.get("shards"), manifest.get("totals"), manifest.get("config")
+    problem = None
+    if not isinstance(shards, list) or not isinstance(totals, dict) or not isinstance(config, dict):
+        problem = "'shards' must be a list, 'totals' and 'config' objects"
+    elif not isinstance(manifest.get("tokenizer"), str) or not _count(config.get("window_tokens")):
+        problem = "'tokenizer' must be a name and config.window_tokens a count"
+    for i, entry in enumerate(shards if problem is None else []):
+        if not isinstance(entry, dict):
+            problem = f"shards[{i}] is not an object"
+        elif not all(_plain_name(entry.get(k)) for k in ("name", "index")):
+            problem = f"shards[{i}]: name and index must be plain file names, got {entry.get('name')!r}"
+        elif not all(_count(entry.get(k)) for k in ("samples", "tokens", "bytes")):
+            problem = f"shards[{i}]: samples, tokens and bytes must be counts"
+        elif not all(isinstance(entry.get(k), str) for k in ("sha256", "index_sha256")):
+            problem = f"shards[{i}]: sha256 and index_sha256 must be strings"
+        if problem:
+            break
+    if problem:
+        raise ShardError(f"{path}: {problem}; the manifest is damaged, re-run `dnafm prepare`")
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _plain_name(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and "/" not in value
+        and "\\" not in value
+        and "\0" not in value
+    )
 
 
 def local_dir(data_dir: str | Path) -> Path:

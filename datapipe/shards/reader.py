@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from datapipe.common.errors import ShardError
-from datapipe.shards.format import BLOCK, MEMBER, PAD, Sample, load_npy, parse_header
+from datapipe.shards.format import BLOCK, KEY, MEMBER, PAD, Sample, load_npy, parse_header
 
 
 def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
@@ -34,6 +36,10 @@ def decode_sample(buf: bytes | memoryview, where: str, base: int = 0) -> Sample:
         if not m or (key is not None and m.group(1) != key):
             raise ShardError(f"{where}: unexpected member '{name}' at byte {base + pos}; not a dnafm shard")
         key = m.group(1)
+        if m.group(2) in members:
+            raise ShardError(
+                f"{where}: member '{name}' at byte {base + pos} is there twice; not a dnafm shard"
+            )
         members[m.group(2)] = view[pos + BLOCK : pos + BLOCK + size]
         pos += BLOCK + size + (-size % BLOCK)
     if key is None or "ids.npy" not in members or "meta.json" not in members:
@@ -52,12 +58,18 @@ def decode_sample(buf: bytes | memoryview, where: str, base: int = 0) -> Sample:
 def scan_offsets(data: bytes, where: str) -> list[int]:
     """Sample offsets (+ end) of a whole shard read into memory: what its index must say."""
     offsets, pos, key = [], 0, None
+    seen: set[str] = set()
     while pos + BLOCK <= len(data) and data[pos : pos + BLOCK] != PAD:
         name, size = parse_header(data, pos, where)
         m = MEMBER.match(name)
         if not m:
             raise ShardError(f"{where}: unexpected member '{name}' at byte {pos}; not a dnafm shard")
         if m.group(1) != key:
+            if m.group(1) in seen:  # a sample's members are consecutive: its key again is a second sample
+                raise ShardError(
+                    f"{where}: sample {m.group(1)} appears twice (byte {pos}); not a dnafm shard"
+                )
+            seen.add(m.group(1))
             offsets.append(pos)
             key = m.group(1)
         pos += BLOCK + size + (-size % BLOCK)
@@ -94,6 +106,7 @@ def iter_shard(path: str | Path) -> Iterator[Sample]:
     path = str(path)
     if not os.path.exists(path):
         raise ShardError(f"shard {path} is missing; re-run `dnafm prepare` or restore it")
+    _check_members(path)
     stream = wds.WebDataset(
         [path], shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
     )
@@ -109,8 +122,44 @@ def iter_shard(path: str | Path) -> Iterator[Sample]:
         ) from err
 
 
+def _check_members(path: str) -> None:
+    """Refuse what WebDataset would pass over or trust: members other than regular files (links, devices,
+    FIFOs), names other than ours (``../x``, ``/x``, sub-folders), and a name given twice. Reads only the
+    headers (tarfile seeks past the data), so it costs a fraction of reading the shard."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            names: set[str] = set()
+            for info in tar:
+                if not info.isreg():
+                    raise ShardError(
+                        f"shard {path}: member '{info.name}' is a {_TAR_KINDS.get(info.type, 'special file')}, "
+                        "not a regular file; not a dnafm shard (refused)"
+                    )
+                if not MEMBER.match(info.name):
+                    raise ShardError(f"shard {path}: unexpected member name '{info.name}'; not a dnafm shard")
+                if info.name in names:
+                    raise ShardError(f"shard {path}: member '{info.name}' is there twice; not a dnafm shard")
+                names.add(info.name)
+    except tarfile.TarError as err:
+        raise ShardError(
+            f"shard {path} is corrupt or truncated ({err}); re-run `dnafm prepare` to rewrite it"
+        ) from err
+
+
+_TAR_KINDS = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.DIRTYPE: "folder",
+}
+
+
 def _from_wds(raw: dict[str, Any], path: str) -> Sample:
-    key = os.path.basename(raw["__key__"])
+    key = raw["__key__"]
+    if not re.fullmatch(KEY, key):
+        raise ShardError(f"shard {path}: unexpected sample key '{key}'; not a dnafm shard")
     for name in raw:
         if not name.startswith("__") and not MEMBER.match(f"{key}.{name}"):
             raise ShardError(f"shard {path}: unexpected member '{key}.{name}'; not a dnafm shard")
