@@ -34,6 +34,7 @@ import numpy as np
 
 from datapipe.common.errors import InputError, MissingError
 from datapipe.fasta import COMPRESSION_ERRORS
+from eval.annotations import MAX_LINE
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +139,17 @@ def _text_lines(path: Path) -> Iterator[io.BufferedIOBase]:
         ) from None
 
 
+def _numbered(f: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) with each line read up to MAX_LINE bytes: a file (or a gzip bomb) without
+    line breaks is refused after MAX_LINE bytes instead of being held whole."""
+    n = 0
+    while line := f.readline(MAX_LINE + 1):
+        n += 1
+        if len(line) > MAX_LINE:
+            raise InputError(path, n, f"line is longer than {MAX_LINE >> 20} MiB; not a haplotype table")
+        yield n, line
+
+
 def _binary_row(values: list[bytes], path: Path, line: int, first_col: int) -> np.ndarray:
     """Whitespace-split 0/1 tokens -> uint8 row; anything else is an error naming line and column."""
     joined = b"".join(values)
@@ -156,7 +168,7 @@ def _binary_row(values: list[bytes], path: Path, line: int, first_col: int) -> n
 def read_hapt(path: Path) -> HaplotypePanel:
     rows, ids, groups = [], [], []
     with _text_lines(path) as f:
-        for n, line in enumerate(f, start=1):
+        for n, line in _numbered(f, path):
             parts = line.split()
             if not parts:
                 continue
@@ -198,7 +210,7 @@ def read_legend(path: str | Path) -> SnpTable:
         raise MissingError(f"{path}: no such legend file")
     chrom, pos, ids, a0, a1 = [], [], [], [], []
     with _text_lines(path) as f:
-        for n, raw in enumerate(f, start=1):
+        for n, raw in _numbered(f, path):
             parts = raw.decode(errors="replace").split()
             number = len(parts) > 1 and parts[1].isascii() and parts[1].isdigit() and len(parts[1]) < 19
             if not parts or (n == 1 and not number):
@@ -357,7 +369,7 @@ def read_sample_ids(path: Path) -> list[str]:
     """Sample ids (ID_2, else ID_1) of an IMPUTE2 ``.sample`` file: two header lines, then one per sample."""
     ids = []
     with _text_lines(path) as f:
-        for n, raw in enumerate(f, start=1):
+        for n, raw in _numbered(f, path):
             parts = raw.decode(errors="replace").split()
             if n <= 2 or not parts:
                 if n == 1 and (len(parts) < 2 or parts[:2] != ["ID_1", "ID_2"]):
@@ -374,7 +386,7 @@ def read_haps(path: Path, sample: str | Path | None) -> HaplotypePanel:
     columns, chrom, pos, ids, a0, a1 = [], [], [], [], [], []
     skipped: Counter[str] = Counter()
     with _text_lines(path) as f:
-        for n, line in enumerate(f, start=1):
+        for n, line in _numbered(f, path):
             parts = line.split()
             if not parts:
                 continue

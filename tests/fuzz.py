@@ -33,7 +33,7 @@ from datapipe.io import bgzf_compress
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = os.environ.get("DNAFM_FUZZ", "quick")
-QUICK, LONG = 120, int(os.environ.get("DNAFM_FUZZ_EXAMPLES", "3000"))
+QUICK, LONG = 200, int(os.environ.get("DNAFM_FUZZ_EXAMPLES", "3000"))
 TIME_LIMIT = 30  # seconds per example: inputs are at most a few MB, so a read this slow is a hang
 
 _common = dict(
@@ -282,3 +282,22 @@ def seed_lines(path: Path, n: int) -> bytes:
         opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
     with opener(path, "rb") as f:
         return b"".join(f.readline() for _ in range(n))
+
+
+def summary(path: str) -> str:
+    """A markdown table of a counts file: inputs tried and refused (with a clear error) per reader."""
+    totals: dict[str, list[int]] = {}
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        t = totals.setdefault(row["reader"], [0, 0])
+        t[0] += row["tried"]
+        t[1] += row["refused"]
+    lines = ["| reader | inputs tried | refused with a UserError | read |", "|---|---:|---:|---:|"]
+    lines += [f"| {r} | {t} | {f} | {t - f} |" for r, (t, f) in sorted(totals.items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(summary(sys.argv[1]) if Path(sys.argv[1]).exists() else f"no counts in {sys.argv[1]}")
