@@ -92,6 +92,11 @@ class StopRequested:
 
 def check_data(cfg: PretrainConfig, data_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(data_dir)
+    if "tokenizer" not in manifest or "window_tokens" not in manifest.get("config", {}):
+        raise UsageError(
+            f"{data_dir}/manifest.json names no tokenizer or window_tokens: not written by `dnafm prepare`; "
+            "re-run it"
+        )
     if manifest["tokenizer"] != cfg.tokenizer:
         raise UsageError(
             f"{data_dir}/manifest.json: shards use tokenizer {manifest['tokenizer']}, recipe "

@@ -41,11 +41,11 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 def _check_entries(manifest: dict[str, Any], path: Path) -> None:
     """The fields the loader and verify use, with their types; shard and index names must be plain file
     names (a name like '../x' or '/x' would make the reader open a file outside the folder)."""
-    shards, totals, config = manifest.get("shards"), manifest.get("totals"), manifest.get("config")
+    shards, totals, config = manifest.get("shards"), manifest.get("totals"), manifest.get("config", {})
     problem = None
     if not isinstance(shards, list) or not isinstance(totals, dict) or not isinstance(config, dict):
         problem = "'shards' must be a list, 'totals' and 'config' objects"
-    elif not isinstance(manifest.get("tokenizer"), str) or not _count(config.get("window_tokens")):
+    elif not isinstance(manifest.get("tokenizer", ""), str) or not _count(config.get("window_tokens", 0)):
         problem = "'tokenizer' must be a name and config.window_tokens a count"
     for i, entry in enumerate(shards if problem is None else []):
         if not isinstance(entry, dict):
