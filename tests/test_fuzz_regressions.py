@@ -152,7 +152,10 @@ def test_set_override_found_by_fuzzing(override: str, field: str) -> None:
     assert info.value.field == field
 
 
-@pytest.mark.parametrize("text", [b"\x80", b"[1]", b'{"zero_optimization": 1}'])
+@pytest.mark.parametrize(
+    "text",
+    [b"\x80", b"[1]", b'{"zero_optimization": 1}', b'{"gradient_accumulation_steps": {"type": "AdamW"}}'],
+)
 def test_deepspeed_config_found_by_fuzzing(text: bytes, tmp_path: Path) -> None:
     from cluster.cli import build_parser
     from trainer.cli import resolve

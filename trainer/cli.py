@@ -200,6 +200,13 @@ def resolve(args: argparse.Namespace):
                 f"--deepspeed_config {args.deepspeed_config}: expected a JSON object (DeepSpeed's config "
                 "format) whose zero_optimization is an object"
             )
+        for key, value in (*user_ds.items(), *user_ds.get("zero_optimization", {}).items()):
+            if key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "stage") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise UsageError(
+                    f"--deepspeed_config {args.deepspeed_config}: {key} must be an integer, got {value!r}"
+                )
         # Keep the loader and the schedule in step with the batch sizes the ds.json sets.
         if "train_micro_batch_size_per_gpu" in user_ds:
             overrides.append(f"loader.micro_batch_size={user_ds['train_micro_batch_size_per_gpu']}")
