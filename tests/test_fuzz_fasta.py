@@ -66,7 +66,7 @@ def test_read_fasta_any_bytes(data: bytes) -> None:
 @fuzz()
 @given(data=fasta_inputs())
 def test_prepare_stream_any_bytes(data: bytes) -> None:
-    """The prepare path accepts exactly what read_fasta accepts, with the same records."""
+    """Where both the prepare path and read_fasta accept a file, they return the same records."""
     with tempfile.TemporaryDirectory() as tmp:
         path = write(Path(tmp), "in.fa", data)
         streamed = outcome("fasta.prepare_stream", _stream, path)
