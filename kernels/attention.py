@@ -46,6 +46,21 @@ def attention_ref(
     dtype = q.dtype
     if upcast:
         q, k, v = q.float(), k.float(), v.float()
+    probs = attention_probs(q, k, causal=causal, key_padding_mask=key_padding_mask, sm_scale=sm_scale)
+    return torch.matmul(probs, v).to(dtype)
+
+
+def attention_probs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    causal: bool,
+    key_padding_mask: torch.Tensor | None = None,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
+    """(B, H, T, T) attention probabilities softmax(q k^T * scale) over the visible keys, in q's dtype:
+    what interpretation reads (``fused_attention`` never forms this matrix). Masked keys get exactly 0;
+    query rows with no visible key are all 0 (not NaN)."""
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, T, T)
     keep = _keep_matrix(q, k, causal, key_padding_mask)  # (B or 1, 1, T, T)
@@ -53,8 +68,7 @@ def attention_ref(
     # Rows with nothing to attend to get finite dummy scores (softmax stays NaN-free in the
     # backward too); their probabilities are zeroed below.
     scores = scores.masked_fill(~keep, float("-inf")).masked_fill(~has_key, 0.0)
-    probs = torch.softmax(scores, dim=-1) * has_key
-    return torch.matmul(probs, v).to(dtype)
+    return torch.softmax(scores, dim=-1) * has_key
 
 
 def attention_lse_ref(

@@ -76,6 +76,15 @@ class BertLayer(nn.Module):
         h = self.ff_out(F.gelu(self.ff_in(x)))
         return self.ff_norm(x + self.dropout(h))
 
+    def attention_probs(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) layer input -> (B, nh, T, T) attention probabilities, through the explicit torch
+        softmax (``forward`` goes through the fused op, which never forms them). For interpretation."""
+        b, t, d = x.shape
+        q, k = (
+            p(x).view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for p in (self.query, self.key)
+        )
+        return kernels.attention_probs(q, k, causal=False, key_padding_mask=keep)
+
 
 class DNABERT(nn.Module):
     def __init__(self, cfg: BertConfig):
@@ -116,19 +125,35 @@ class DNABERT(nn.Module):
         b, t = input_ids.shape
         if t > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {t} tokens exceeds max_seq_len={self.cfg.max_seq_len}")
+        x, keep = self._embed(input_ids, attention_mask, token_embeds)
+        for layer in self.layers:
+            x = layer(x, keep)
+        return x
+
+    def _embed(self, input_ids, attention_mask, token_embeds) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the first layer's input (B, T, D) and the key mask (B, T) bool."""
         keep = (
             attention_mask.to(torch.bool)
             if attention_mask is not None
             else torch.ones_like(input_ids, dtype=torch.bool)
         )
-        pos = torch.arange(t, device=input_ids.device)
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         if token_embeds is None:
             token_embeds = kernels.token_embedding(input_ids, self.word.weight)
         x = token_embeds + self.position(pos) + self.token_type(torch.zeros_like(input_ids))
-        x = self.dropout(self.emb_norm(x))
-        for layer in self.layers:
-            x = layer(x, keep)
-        return x
+        return self.dropout(self.emb_norm(x)), keep
+
+    def attention_probs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, layer: int = -1
+    ) -> torch.Tensor:
+        """(B, nh, T, T) attention probabilities of encoder layer ``layer`` (negative counts from the
+        end): the layers below it run as in ``forward``, the layer's own softmax(QK^T) through the torch
+        path. Costs one forward up to that layer plus a (B, nh, T, T) tensor."""
+        index = range(self.cfg.n_layer)[layer]  # IndexError names an out-of-range layer
+        x, keep = self._embed(input_ids, attention_mask, None)
+        for block in self.layers[:index]:
+            x = block(x, keep)
+        return self.layers[index].attention_probs(x, keep)
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V)."""

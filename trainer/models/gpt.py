@@ -121,6 +121,14 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(b, t, d)))
 
+    def attention_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) normed block input -> (B, nh, T, T) causal attention probabilities through the
+        explicit torch softmax (``forward``'s fused op never forms them). For interpretation only."""
+        b, t, d = x.shape
+        q, k, _ = self.qkv(x).split(d, dim=2)
+        q, k = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k))
+        return kernels.attention_probs(q, k, causal=True)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -248,3 +256,14 @@ class DNAGPT(nn.Module):
     def regress(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...,) number read at output number slots."""
         return self.num_head(hidden).squeeze(-1)
+
+    def attention_probs(self, input_ids: torch.Tensor, *, layer: int = -1) -> torch.Tensor:
+        """(B, nh, T, T) attention probabilities of block ``layer`` (negative counts from the end) for a
+        prompt without number slots (the classification prompt): blocks below it run as in ``forward``."""
+        index = range(self.cfg.n_layer)[layer]  # IndexError names an out-of-range layer
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(pos))
+        for block in self.blocks[:index]:
+            x = block(x)
+        block = self.blocks[index]
+        return block.attn.attention_probs(block.ln1(x))
