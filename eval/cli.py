@@ -10,7 +10,7 @@ from datapipe.common.cliargs import command_parser, flag_overrides
 from datapipe.common.errors import UsageError
 from eval.tasks import TASKS
 
-FLAG_FIELDS = {"no_mlflow": "tracking=false", "experiment": "experiment"}
+FLAG_FIELDS = {"no_mlflow": "tracking=false", "experiment": "experiment", "save_model": "save_model=true"}
 
 BUILD_HELP = """\
 --build KIND cuts a task from your genome (--genome, FASTA, .gz allowed) and annotation (--annotation; the
@@ -80,6 +80,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--species-token",
         help="with --data/--build: DNAGPT species token of your sequences, a letter or a species name "
         "(default R = human)",
+    )
+    p.add_argument(
+        "--save-model",
+        action="store_true",
+        help="also write each fine-tuned classifier to OUT/models/<task>/ (for dnafm attention / variants)",
     )
     p.set_defaults(func=run)
 

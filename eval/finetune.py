@@ -83,8 +83,8 @@ def finetune(
     prefix: str = "",
 ) -> tuple[np.ndarray, dict]:
     """Train on parts.train, early-stop on parts.val (MCC, multi-class when C > 2); return ((N_test, C)
-    class probabilities on parts.test, history). Curves go to ``tracker`` as ``<prefix>finetune_loss`` and
-    ``<prefix>val_<metric>``."""
+    class probabilities on parts.test, {history, best_val_mcc, classifier (the best epoch's weights)}).
+    Curves go to ``tracker`` as ``<prefix>finetune_loss`` and ``<prefix>val_<metric>``."""
     torch.manual_seed(cfg.seed)
     ids, ask = encode_inputs(
         family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len, crop=cfg.crop
@@ -141,4 +141,5 @@ def finetune(
                 break
     engine.module.load_state_dict(best_state)
     prob = predict(engine.module, ids[parts.test], ask[parts.test], batch_size=64, device=dist_info.device)
-    return prob, {"history": history, "best_val_mcc": best}
+    # the classifier itself goes back too, for `dnafm eval --set save_model=true` (eval.saved_model)
+    return prob, {"history": history, "best_val_mcc": best, "classifier": engine.module}

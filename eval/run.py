@@ -56,6 +56,9 @@ class EvalConfig(Config):
     data_root: str | None = None
     """Folder of the public data collection for the non-shipped tasks (layout: eval/tasks.py)."""
     tracking: bool = True
+    save_model: bool = False
+    """Also write each fine-tuned classifier to OUT/models/<task>/ (eval/saved_model.py), the checkpoint
+    `dnafm attention` and `dnafm variants` read."""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.baselines) - {"kmer", "scratch"})
@@ -231,6 +234,9 @@ def evaluate_job(
                 species_token=job.species_token, dist_info=dist_info, tracker=child,
                 prefix=f"eval/{data.name}/")  # fmt: skip
     prob, info = finetune(model, **tune)
+    if cfg.save_model:
+        saved = save_job_model(job, cfg, info, pre_cfg, tok, out_dir=out_dir, checkpoint=checkpoint)
+        child.set_tags({"saved_model": str(saved)})
     scratch = None
     if "scratch" in cfg.baselines:
         scratch, _ = finetune(
@@ -258,6 +264,33 @@ def _random_twin(pre_cfg: Any, seed: int):
 
     torch.manual_seed(seed)
     return build_model(pre_cfg.family, pre_cfg.model).eval()
+
+
+def save_job_model(
+    job: Job, cfg: EvalConfig, info: dict, pre_cfg, tok, *, out_dir: Path, checkpoint: Path
+) -> Path:
+    """OUT/models/<task>/: the fine-tuned classifier of ``job`` (eval/saved_model.py)."""
+    from eval.saved_model import classifier_info, save_classifier
+
+    meta = classifier_info(
+        job.data,
+        mode=cfg.finetune.mode,
+        species_token=job.species_token,
+        crop=cfg.finetune.crop,
+        source=f"dnafm eval of {checkpoint} on {job.source}",
+        best_val_mcc=info["best_val_mcc"],
+    )
+    path = out_dir / "models" / job.data.name.replace("/", "_")
+    save_classifier(
+        info["classifier"],
+        path,
+        family=pre_cfg.family,
+        pretrain_config=pre_cfg.to_dict(),
+        tokenizer=tok,
+        info=meta,
+    )
+    log.info("fine-tuned classifier saved to %s", path)
+    return path
 
 
 def _baseline(data: LabelledSet, parts, seed: int):
