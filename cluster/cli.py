@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from datapipe import cli as prepare_cli
     from eval import cli as eval_cli
     from eval import compare_cli, genomes_cli
+    from eval.interpret import cli as interpret_cli
     from trainer import cli as pretrain_cli
     from trainer import generate_cli
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_cli.add_parser(sub)
     generate_cli.add_parser(sub)
     genomes_cli.add_parser(sub)
+    interpret_cli.add_parsers(sub)
     demo.add_parser(sub)
     # What the lower layers' commands need from this layer, handed down as arguments: joining Ray, and
     # starting the ranks of a run (they never import cluster/).
