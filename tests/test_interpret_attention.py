@@ -234,3 +234,14 @@ def test_attention_command_errors(tmp_path):
     )
     assert proc.returncode == 1 and "context is 128" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "command,field",
+    [("attention", "layer"), ("motifs", "jaspar"), ("embed", "pooling"), ("variants", "window_bp")],
+)
+def test_help_and_dry_run(command, field):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0 and f"usage: dnafm {command}" in proc.stdout
+    proc = run_cli(command, "--dry-run")
+    assert proc.returncode == 0 and field in json.loads(proc.stdout)

@@ -52,14 +52,18 @@ class Match:
 
 def load_jaspar(release: str, collection: str, tax_group: str) -> list[Target]:
     """The latest version of every matrix of ``collection`` / ``tax_group`` in pyjaspar's ``release``."""
+    from pathlib import Path
+
+    import pyjaspar
     from pyjaspar import jaspardb
 
-    try:
-        db = jaspardb(release=release)
-    except Exception as err:  # pyjaspar raises a plain ValueError/KeyError for an unknown release
+    shipped = sorted(p.stem for p in (Path(pyjaspar.__file__).parent / "data").glob("JASPAR*.sqlite"))
+    if release not in shipped:
         raise UsageError(
-            f"JASPAR release {release!r} is not in the installed pyjaspar ({err}); e.g. --set jaspar.release=JASPAR2024"
-        ) from None
+            f"JASPAR release {release!r} is not in the installed pyjaspar; it ships {', '.join(shipped)} "
+            "(--set jaspar.release=...)"
+        )
+    db = jaspardb(release=release)
     found = db.fetch_motifs(collection=collection, tax_group=[tax_group] if tax_group else None)
     if not found:
         raise UsageError(

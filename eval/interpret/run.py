@@ -84,13 +84,10 @@ def run_variants(
     todo = [v for v in found if v.window is not None]
     columns, values = _score(loaded, todo, window, cfg)
     counts = {s: sum(v.status == s for v in found) for s in ("scored", *V.SKIPS)}
-    mode = columns[0].split("_")[0] if columns else "none"
     summary = {
         "checkpoint": str(loaded.path),
         "family": loaded.family,
-        "mode": {"p": "classifier", "ll": "dnagpt log-likelihood", "mlm": "dnabert masked log-odds"}.get(
-            mode, mode
-        ),
+        "mode": scoring_mode(loaded),
         "vcf": str(vcf),
         "genome": str(genome),
         "window_bp": window,
@@ -145,15 +142,22 @@ def _genome(path: Path, found):
         ) from None
 
 
+def scoring_mode(loaded) -> str:
+    if loaded.classifier is not None:
+        return "classifier"
+    return "dnagpt log-likelihood" if loaded.family == "dnagpt" else "dnabert masked log-odds"
+
+
 def _score(loaded, todo, window: int, cfg: VariantConfig) -> tuple[list[str], dict[str, np.ndarray]]:
     """Score columns (the last is the effect: alt - ref) and their values for the scorable variants."""
     from eval.interpret import variants as V
 
+    mode = scoring_mode(loaded)
     if not todo:
         return [], {}
     refs = [v.window[0] for v in todo]
     alts = [v.window[1] for v in todo]
-    if loaded.classifier is not None:
+    if mode == "classifier":
         p_ref, lo_ref = V.score_classifier(loaded, refs, cfg)
         p_alt, lo_alt = V.score_classifier(loaded, alts, cfg)
         return ["p_ref", "p_alt", "logodds_ref", "logodds_alt", "delta_prob", "delta_logodds"], {
@@ -164,7 +168,7 @@ def _score(loaded, todo, window: int, cfg: VariantConfig) -> tuple[list[str], di
             "delta_prob": p_alt - p_ref,
             "delta_logodds": lo_alt - lo_ref,
         }
-    if loaded.family == "dnagpt":
+    if mode == "dnagpt log-likelihood":
         ll_ref = V.gpt_loglik(loaded, refs, cfg, loaded.species_token)
         ll_alt = V.gpt_loglik(loaded, alts, cfg, loaded.species_token)
         return ["ll_ref", "ll_alt", "delta_ll"], {
