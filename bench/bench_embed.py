@@ -50,7 +50,10 @@ def main() -> None:
             n_ref = min(args.n_ref, n)
             t0 = time.perf_counter()
             one = np.concatenate(
-                [embed_sequences(model, cfg.family, tok, [s], EmbedConfig(batch_size=1)) for s in seqs[:n_ref]]
+                [
+                    embed_sequences(model, cfg.family, tok, [s], EmbedConfig(batch_size=1))
+                    for s in seqs[:n_ref]
+                ]
             )
             t_one = time.perf_counter() - t0
             assert np.allclose(batched[:n_ref], one, atol=1e-4), "batched and one-at-a-time embeddings differ"

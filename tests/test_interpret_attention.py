@@ -132,8 +132,14 @@ def save_untrained_classifier(recipe: str, out, *, mode: str = "finetune", seed:
     model, cfg = bare(recipe, seed)
     tok = get_tokenizer(cfg.tokenizer)
     clf = build_classifier(cfg.family, model, tok, num_classes=2, probe=mode == "probe")
-    if mode == "probe" and cfg.family == "dnagpt":
-        torch.nn.init.normal_(clf.probe.weight)
+    if (
+        mode == "probe"
+    ):  # both families: a LinearProbe (BatchNorm statistics, then Linear) on the frozen encoder
+        norm, linear = clf.probe
+        torch.nn.init.normal_(linear.weight)
+        # statistics far from the fresh (0, 1): a save that dropped the BatchNorm buffers gives other logits
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.2, 5.0)
     data = LabelledSet(name="toy", sequences=random_seqs([60] * 4), labels=np.array([0, 1, 0, 1]))
     info = classifier_info(data, mode=mode, species_token="R", crop=False, source="test", best_val_mcc=0.0)
     save_classifier(clf, out, family=cfg.family, pretrain_config=cfg.to_dict(), tokenizer=tok, info=info)
