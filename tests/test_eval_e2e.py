@@ -18,9 +18,19 @@ QUICK_PROBE = [*PROBE_ONE_EPOCH, "--set", "finetune.max_train_samples=200"]
 def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     untrained_export("tiny-dnabert", tmp_path / "ckpt")  # the plumbing is under test, not the score
     out = tmp_path / "eval"
-    run_eval_cli(tmp_path / "ckpt", out, "--tasks", "pas-human", *QUICK_PROBE)
+    run_eval_cli(tmp_path / "ckpt", out, "--tasks", "pas-human", *QUICK_PROBE, "--save-model")
     row = json.loads((out / "pas-human.json").read_text())
     assert row["n_test"] == 1508 and 0 <= row["auroc"] <= 1
+    # --save-model: the probed classifier, its LinearProbe with the BatchNorm statistics of the training features
+    from eval.saved_model import load_checkpoint
+
+    saved = load_checkpoint(out / "models" / "pas-human")
+    assert (
+        saved.info["mode"] == "probe" and saved.info["num_classes"] == 2 and saved.info["sequence_bp"] == 606
+    )
+    norm, linear = saved.classifier.probe
+    assert int(norm.num_batches_tracked) > 0 and float(norm.running_var.mean()) != 1.0
+    assert linear.out_features == 2
     assert (out / "pas-human_confusion.png").stat().st_size > 1000 and (out / "pas-human_roc.png").exists()
     assert "auroc (dnafm)" in (out / "summary.csv").read_text()
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
