@@ -118,6 +118,9 @@ def test_classifier_effect(tmp_path, genome_and_vcf):
     metrics = dict(db.execute("select key, value from metrics").fetchall())
     assert metrics["variants/scored"] == 3 and metrics["variants/ref_mismatch"] == 1
     assert any((tmp_path / "out" / "mlartifacts").rglob("variants.tsv"))
+    tags = dict(db.execute("select key, value from tags").fetchall())
+    experiments = [name for (name,) in db.execute("select name from experiments")]
+    assert tags["dnafm.stage"] == "variants" and "dnafm-variants" in experiments
 
 
 def test_dnagpt_loglik_effect(tmp_path, genome_and_vcf):

@@ -73,7 +73,7 @@ def run_variants(
     cfg: VariantConfig, *, checkpoint: Path, vcf: Path, genome: Path, out_dir: Path
 ) -> dict[str, Any]:
     """Score every variant of ``vcf``; write variants.tsv and summary.json into ``out_dir``; log to MLflow."""
-    from datapipe.common.tracking import default_tracking_uri, start_tracker
+    from datapipe.common.tracking import default_tracking_uri, experiment_name, start_tracker
     from eval.interpret import variants as V
     from eval.saved_model import load_checkpoint
 
@@ -99,10 +99,11 @@ def run_variants(
     tsv = write_atomic(out_dir / "variants.tsv", _variant_table(found, todo, columns, values))
     write_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     tracker = start_tracker(
-        experiment=cfg.experiment,
+        experiment=experiment_name(cfg.experiment, "dnafm-variants"),
         run_name=f"variants-{Path(vcf).name}",
         tracking_uri=default_tracking_uri(out_dir),
         enabled=cfg.tracking,
+        stage="variants",
     )
     tracker.log_params(
         {

@@ -44,7 +44,8 @@ class VariantConfig(Config):
     """Classifier output whose probability and log-odds are reported."""
     on_ref_mismatch: Literal["skip", "error"] = "skip"
     batch_size: int = 32
-    experiment: str = "dnafm-variants"
+    experiment: str | None = None
+    """MLflow experiment; None: $MLFLOW_EXPERIMENT_NAME, else 'dnafm-variants'."""
     tracking: bool = True
 
     def __post_init__(self) -> None:
