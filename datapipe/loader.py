@@ -24,13 +24,17 @@ per-message cost); worker ``w`` of ``n`` builds messages ``w, w+n, ...`` counted
 iterator, so the rank sees its batches in order and a restart needs nothing but ``P`` (counting
 from the restart replaces the rotation of worker roles an absolute batch count would need).
 
-Bad shards: when the loader starts, every rank checks every shard of the manifest (size, index,
-first and last tar blocks: one ``stat`` and three small reads each). A missing or damaged shard
-stops the run with its name, or with ``skip_bad_shards`` is left out of the order on every rank
-alike (same checks, same files) and counted in ``skipped_shards``. Damage that only a full read
-can see (a flipped byte inside a sample) is found when that sample is read and always stops the
-run: ranks could not agree to skip it without reading everything. ``dnafm prepare --verify``
-checks every byte against the manifest's sha256.
+Bad shards: a shard is checked (size, index, first and last tar blocks: one ``stat`` and three
+small reads) before a process reads from it, so a missing or damaged shard stops the run with its
+name. When the loader starts, each rank checks only ``START_CHECKS`` shards drawn by (seed, rank)
+(``check_shards="sample"``, the default): start-up costs one manifest read whatever the number of
+shards, and the other shards are checked when first read (their indexes are loaded then too, and kept
+for a bounded number of shards). ``check_shards="all"`` checks every shard on every rank at start
+(O(shards) reads per rank), which ``skip_bad_shards`` always does: to leave a shard out, all ranks
+must agree on it before the first batch; it is then left out of the order on every rank alike and
+counted in ``skipped_shards``. Damage that only a full read can see (a flipped byte inside a sample)
+is found when that sample is read and always stops the run. ``dnafm prepare --verify`` checks every
+byte against the manifest's sha256.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ import itertools
 import logging
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,6 +62,7 @@ log = logging.getLogger(__name__)
 
 Collate = Callable[[list[Sample], np.random.Generator], dict[str, torch.Tensor]]
 STATE_VERSION = 2
+START_CHECKS = 16  # shards each rank checks at start with check_shards="sample"
 
 
 @dataclass(kw_only=True)
@@ -72,11 +77,17 @@ class LoaderConfig(Config):
     """Leave missing or damaged shards out of the order (logged, counted in skipped_shards) instead of stopping."""
     mix_shards: int = 16
     """Consecutive shards of an epoch's shard order whose samples are shuffled together (1 = within each shard)."""
+    check_shards: Literal["sample", "all"] = "sample"
+    """When shards are checked (size, index, first and last tar blocks). 'sample': START_CHECKS shards
+    per rank at start, drawn by (seed, rank), the others when first read (start-up independent of the
+    number of shards). 'all': every shard on every rank at start (one stat and three small reads per
+    shard per rank), as skip_bad_shards always does."""
 
     def __post_init__(self) -> None:
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(self.num_workers >= 0, "num_workers", "must be >= 0")
         check(self.mix_shards >= 1, "mix_shards", "must be >= 1")
+        check(self.check_shards in ("sample", "all"), "check_shards", "must be 'sample' or 'all'")
 
 
 class SampleOrder:
@@ -132,53 +143,100 @@ class SampleOrder:
 
 
 @dataclass
-class _Shard:
-    name: str
-    path: str
-    offsets: np.ndarray  # (samples + 1,) int64 byte offsets
+class ShardTable:
+    """The manifest's shards as the loader needs them; offsets are loaded only when a shard is read.
 
+    ~100 bytes per shard: at 200B tokens (~400k shards) tens of MB per rank, where every shard's
+    offsets (8 bytes per sample) would be ~3 GB."""
 
-def build_index(
-    data_dir: Path, manifest: dict[str, Any], *, skip_bad: bool
-) -> tuple[list[_Shard], list[str]]:
-    """Check every shard of the manifest and load its index; the good ones and the skipped names."""
-    good, skipped = [], []
-    for entry in manifest["shards"]:
-        path = data_dir / SHARDS / entry["name"]
+    folder: Path  # <data>/shards
+    names: list[str]
+    indexes: list[str]  # the .idx.npy names
+    samples: np.ndarray  # (shards,) int64
+    sizes: np.ndarray  # (shards,) int64 bytes of each tar
+
+    @classmethod
+    def from_manifest(cls, data_dir: Path, manifest: dict[str, Any]) -> ShardTable:
+        entries = manifest["shards"]
+        return cls(
+            folder=data_dir / SHARDS,
+            names=[e["name"] for e in entries],
+            indexes=[e["index"] for e in entries],
+            samples=np.array([e["samples"] for e in entries], np.int64),
+            sizes=np.array([e["bytes"] for e in entries], np.int64),
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def without(self, drop: set[int]) -> ShardTable:
+        keep = [i for i in range(len(self)) if i not in drop]
+        return ShardTable(
+            folder=self.folder,
+            names=[self.names[i] for i in keep],
+            indexes=[self.indexes[i] for i in keep],
+            samples=self.samples[keep],
+            sizes=self.sizes[keep],
+        )
+
+    def path(self, s: int) -> str:
+        return str(self.folder / self.names[s])
+
+    def open_checked(self, s: int) -> tuple[int, np.ndarray]:
+        """Open shard ``s`` after checking it against the manifest: (file descriptor, offsets)."""
+        path = self.path(s)
         try:
-            good.append(_check_shard(path, data_dir / SHARDS / entry["index"], entry))
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise ShardError(f"{path} is missing") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size != self.sizes[s]:
+                raise ShardError(
+                    f"{path} has {size} bytes, the manifest says {self.sizes[s]} (truncated or replaced)"
+                )
+            offsets = read_index(self.folder / self.indexes[s], samples=int(self.samples[s]), size=size)
+            parse_header(os.pread(fd, 512, 0), 0, path)
+            if os.pread(fd, 1024, int(offsets[-1])) != b"\0" * 1024:
+                raise ShardError(f"{path}: no end-of-archive blocks where its index says (damaged)")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, offsets
+
+    def bad_shard(self, s: int, err: ShardError, data_dir: Path) -> ShardError:
+        return ShardError(
+            f"bad shard {self.names[s]}: {err}; re-run `dnafm prepare` to rewrite it (`dnafm prepare "
+            f"--verify {data_dir}` lists every problem), or pass --skip-bad-shards to train without it "
+            "(every shard is then checked at start)"
+        )
+
+
+def start_checks(num_shards: int, *, seed: int, rank: int) -> list[int]:
+    """The shards a rank checks at start with check_shards="sample": drawn by (seed, rank), so that
+    many ranks together check many shards while each reads only START_CHECKS."""
+    rng = np.random.default_rng([seed, rank, 3])
+    return sorted(rng.choice(num_shards, min(num_shards, START_CHECKS), replace=False).tolist())
+
+
+def check_shards(
+    data_dir: Path, table: ShardTable, which: Iterable[int], *, skip_bad: bool
+) -> tuple[ShardTable, list[str]]:
+    """Check shards ``which`` of ``table``: the table without the bad ones (with ``skip_bad``; else
+    the first bad one raises) and the skipped names."""
+    bad: set[int] = set()
+    for s in which:
+        try:
+            fd, _ = table.open_checked(s)
+            os.close(fd)
         except ShardError as err:
             if not skip_bad:
-                raise ShardError(
-                    f"bad shard {entry['name']}: {err}; re-run `dnafm prepare` to rewrite it (`dnafm prepare "
-                    f"--verify {data_dir}` lists every problem), or pass --skip-bad-shards to train without it"
-                ) from None
-            log.warning("skipping bad shard %s (--skip-bad-shards): %s", entry["name"], err)
-            skipped.append(entry["name"])
-    if not good:
-        raise ShardError(
-            f"{data_dir}: no readable shard among {len(manifest['shards'])}; re-run `dnafm prepare`"
-        )
-    return good, skipped
-
-
-def _check_shard(path: Path, index_path: Path, entry: dict[str, Any]) -> _Shard:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ShardError(f"{path} is missing") from None
-    if size != entry["bytes"]:
-        raise ShardError(
-            f"{path} has {size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
-        )
-    offsets = read_index(index_path, samples=entry["samples"], size=size)
-    with open(path, "rb") as f:
-        first = os.pread(f.fileno(), 512, 0)
-        end = os.pread(f.fileno(), 1024, int(offsets[-1]))
-    parse_header(first, 0, str(path))
-    if end != b"\0" * 1024:
-        raise ShardError(f"{path}: no end-of-archive blocks where its index says (damaged)")
-    return _Shard(entry["name"], str(path), offsets)
+                raise table.bad_shard(s, err, data_dir) from None
+            log.warning("skipping bad shard %s (--skip-bad-shards): %s", table.names[s], err)
+            bad.add(s)
+    if len(bad) == len(table):
+        raise ShardError(f"{data_dir}: no readable shard among {len(table)}; re-run `dnafm prepare`")
+    return table.without(bad), [table.names[s] for s in sorted(bad)]
 
 
 class _Batches(IterableDataset):
@@ -186,7 +244,7 @@ class _Batches(IterableDataset):
 
     def __init__(
         self,
-        shards: list[_Shard],
+        shards: ShardTable,
         order: SampleOrder,
         collate: Collate,
         *,
@@ -196,12 +254,16 @@ class _Batches(IterableDataset):
         batch: int,
         seed: int,
         num_workers: int,
+        data_dir: Path,
+        keep_open: int,
     ) -> None:
         self.shards, self.order, self.collate = shards, order, collate
         self.start, self.rank, self.world_size, self.batch = start, rank, world_size, batch
         self.seed, self.num_workers = seed, max(num_workers, 1)
+        self.data_dir, self.keep_open = data_dir, keep_open
         self.group = max(1, -(-32 // batch))  # batches per message: >= 32 samples each
-        self._files: OrderedDict[int, int] = OrderedDict()
+        # Shards this process has checked and opened: (fd, offsets), least recently used first.
+        self._open: OrderedDict[int, tuple[int, np.ndarray]] = OrderedDict()
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
@@ -238,20 +300,22 @@ class _Batches(IterableDataset):
                         yield message
                         message = []
         finally:
-            for fd in self._files.values():
+            for fd, _ in self._open.values():
                 os.close(fd)
-            self._files.clear()
+            self._open.clear()
 
     def read(self, shard_idx: list[int], sample_idx: list[int]) -> list[Sample]:
         out = []
         for s, i in zip(shard_idx, sample_idx, strict=True):
-            shard = self.shards[s]
-            lo, hi = int(shard.offsets[i]), int(shard.offsets[i + 1])
-            data = os.pread(self._fd(s), hi - lo, lo)
+            fd, offsets = self._shard(s)
+            lo, hi = int(offsets[i]), int(offsets[i + 1])
+            data = os.pread(fd, hi - lo, lo)
             if len(data) != hi - lo:
-                raise ShardError(f"shard {shard.path}: sample {i} ends past the end of the file (truncated)")
+                raise ShardError(
+                    f"shard {self.shards.path(s)}: sample {i} ends past the end of the file (truncated)"
+                )
             try:
-                out.append(decode_sample(data, shard.path, lo))
+                out.append(decode_sample(data, self.shards.path(s), lo))
             except ShardError as err:
                 raise ShardError(
                     f"{err}; the shard is damaged: run `dnafm prepare --verify` on the data folder and "
@@ -259,16 +323,20 @@ class _Batches(IterableDataset):
                 ) from None
         return out
 
-    def _fd(self, s: int) -> int:
-        fd = self._files.get(s)
-        if fd is None:
-            fd = os.open(self.shards[s].path, os.O_RDONLY)
-            self._files[s] = fd
-            if len(self._files) > 64:  # a few groups' shards stay open
-                os.close(self._files.popitem(last=False)[1])
-        else:
-            self._files.move_to_end(s)
-        return fd
+    def _shard(self, s: int) -> tuple[int, np.ndarray]:
+        """Shard ``s`` open, with its offsets; checked the first time this process reads it (and again
+        after it dropped out of the ``keep_open`` most recently read: a few groups of shards)."""
+        hit = self._open.get(s)
+        if hit is not None:
+            self._open.move_to_end(s)
+            return hit
+        try:
+            hit = self._open[s] = self.shards.open_checked(s)
+        except ShardError as err:
+            raise self.shards.bad_shard(s, err, self.data_dir) from None
+        if len(self._open) > self.keep_open:
+            os.close(self._open.popitem(last=False)[1][0])
+        return hit
 
 
 class ShardLoader:
@@ -284,12 +352,17 @@ class ShardLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.data_dir = Path(data_dir)
-        self.manifest = read_manifest(self.data_dir)
+        manifest = read_manifest(self.data_dir)  # the only read that grows with the number of shards
         self.cfg, self.collate, self.rank, self.world_size = cfg, collate, rank, world_size
-        self.shards, self.skipped_shard_names = build_index(
-            self.data_dir, self.manifest, skip_bad=cfg.skip_bad_shards
+        table = ShardTable.from_manifest(self.data_dir, manifest)
+        if not len(table):
+            raise ShardError(f"{self.data_dir}: the manifest lists no shards; re-run `dnafm prepare`")
+        full = cfg.check_shards == "all" or cfg.skip_bad_shards
+        which = range(len(table)) if full else start_checks(len(table), seed=cfg.seed, rank=rank)
+        self.shards, self.skipped_shard_names = check_shards(
+            self.data_dir, table, which, skip_bad=cfg.skip_bad_shards
         )
-        self.order = SampleOrder([len(s.offsets) - 1 for s in self.shards], seed=cfg.seed, mix=cfg.mix_shards)
+        self.order = SampleOrder(self.shards.samples, seed=cfg.seed, mix=cfg.mix_shards)
         self.samples_consumed = 0
         self.batches_consumed = 0
         self._iter: Iterator[Any] | None = None
@@ -314,6 +387,8 @@ class ShardLoader:
             batch=self.cfg.micro_batch_size,
             seed=self.cfg.seed,
             num_workers=self.cfg.num_workers,
+            data_dir=self.data_dir,
+            keep_open=max(64, 2 * self.cfg.mix_shards),  # two groups' shards: each opened once per epoch
         )
         if self.cfg.num_workers == 0:
             return iter(ds)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch
 
 from datapipe.common.errors import ShardError
 from datapipe.io import Storage
-from datapipe.loader import LoaderConfig, SampleOrder, ShardLoader
+from datapipe.loader import START_CHECKS, LoaderConfig, SampleOrder, ShardLoader, start_checks
 from datapipe.shards.manifest import FORMAT_VERSION
 from datapipe.shards.writer import UnitWriter
 from datapipe.windows import Rows
@@ -204,3 +207,69 @@ def test_trainer_batches_cross_the_worker_boundary_intact(data):
         for key in a:
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+_OPENED: list[str] | None = None  # files opened by this process while `opened_files` counts
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # sees every open(), os.open() and Path.read_bytes() of this process
+
+
+@contextmanager
+def opened_files():
+    global _OPENED
+    _OPENED = paths = []
+    try:
+        yield paths
+    finally:
+        _OPENED = None
+
+
+def shard_reads(paths: list[str]) -> tuple[int, int]:
+    """(manifest reads, shard and index files opened)."""
+    return sum(p.endswith("manifest.json") for p in paths), sum(f"{os.sep}shards{os.sep}" in p for p in paths)
+
+
+def test_start_up_reads_one_manifest_and_a_fixed_sample_of_shards_whatever_their_number(tmp_path):
+    reads = {}
+    for n in (20, 60):
+        data = build(tmp_path / f"d{n}", [3] * n)
+        for checks in ("sample", "all"):
+            with opened_files() as paths:
+                ShardLoader(
+                    data,
+                    LoaderConfig(num_workers=0, check_shards=checks),
+                    collate=ids_of,
+                    rank=1,
+                    world_size=2,
+                )
+            reads[n, checks] = shard_reads(paths)
+    assert reads[20, "sample"] == reads[60, "sample"] == (1, 2 * START_CHECKS)  # each: the tar and its index
+    assert reads[20, "all"] == (1, 40) and reads[60, "all"] == (1, 120)  # the full check is still there
+    loader = ShardLoader(data, LoaderConfig(micro_batch_size=4, num_workers=0), collate=ids_of)
+    with opened_files() as paths:
+        seen = take(loader, 45)  # one epoch of 180 samples
+    assert sorted(sum(seen, [])) == list(range(180))
+    assert shard_reads(paths) == (0, 120)  # every shard checked and opened once, when first read
+
+
+def test_a_bad_shard_outside_the_start_sample_stops_the_run_when_first_read(tmp_path):
+    data = build(tmp_path / "data", [3] * 60)
+    assert start_checks(60, seed=0, rank=0) != start_checks(
+        60, seed=0, rank=1
+    )  # ranks check different shards
+    victim = min(set(range(60)) - set(start_checks(60, seed=0, rank=0)))
+    entry = json.loads((data / "manifest.json").read_text())["shards"][victim]
+    (data / "shards" / entry["index"]).unlink()
+    loader = ShardLoader(data, LoaderConfig(micro_batch_size=4, num_workers=0), collate=ids_of)
+    with pytest.raises(
+        ShardError, match=rf"bad shard {entry['name']}: its index .* is missing.*--skip-bad-shards"
+    ):
+        take(loader, 45)
+    with pytest.raises(ShardError, match=rf"bad shard {entry['name']}"):
+        ShardLoader(data, LoaderConfig(num_workers=0, check_shards="all"), collate=ids_of)
