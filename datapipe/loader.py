@@ -347,12 +347,22 @@ class ShardLoader:
     """
 
     def __init__(
-        self, data_dir: str | Path, cfg: LoaderConfig, *, collate: Collate, rank: int = 0, world_size: int = 1
+        self,
+        data_dir: str | Path,
+        cfg: LoaderConfig,
+        *,
+        collate: Collate,
+        rank: int = 0,
+        world_size: int = 1,
+        manifest: dict[str, Any] | None = None,
     ) -> None:
+        """``manifest``: the folder's manifest if the caller has read it already (else it is read here:
+        the only read at start that grows with the number of shards)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.data_dir = Path(data_dir)
-        manifest = read_manifest(self.data_dir)  # the only read that grows with the number of shards
+        if manifest is None:
+            manifest = read_manifest(self.data_dir)
         self.cfg, self.collate, self.rank, self.world_size = cfg, collate, rank, world_size
         table = ShardTable.from_manifest(self.data_dir, manifest)
         if not len(table):

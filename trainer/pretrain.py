@@ -57,6 +57,7 @@ RESUMABLE_CHANGES = {
     "tracking.registered_model",
     "loader.num_workers",
     "loader.skip_bad_shards",
+    "loader.check_shards",
     "train.max_bad_steps",
     "train.grad_accum_steps",  # e.g. 2 ranks x 1 micro-batch -> 1 rank x 2 keeps the global batch
 }
@@ -182,11 +183,19 @@ def build_model_and_engine(
     )
 
 
-def build_loader(cfg: PretrainConfig, data_dir: Path, dist_info: DistInfo) -> ShardLoader:
-    """This rank's slice of the global sample order, batched by the family's builder in loader workers."""
+def build_loader(
+    cfg: PretrainConfig, data_dir: Path, dist_info: DistInfo, manifest: dict[str, Any] | None = None
+) -> ShardLoader:
+    """This rank's slice of the global sample order, batched by the family's builder in loader workers.
+    ``manifest``: the one ``check_data`` read (each rank then reads it once)."""
     builder = FAMILIES[cfg.family].collate(cfg, get_tokenizer(cfg.tokenizer))
     return ShardLoader(
-        data_dir, cfg.loader, collate=builder, rank=dist_info.rank, world_size=dist_info.world_size
+        data_dir,
+        cfg.loader,
+        collate=builder,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+        manifest=manifest,
     )
 
 
@@ -338,7 +347,7 @@ def run_pretrain(
     """Train on the process group ``dist_info`` describes; returns how the run ended: 'completed', 'signal', or
     raises after too many NaN steps. ``on_checkpoint(folder, step)`` runs on every rank after each complete
     checkpoint."""
-    check_data(cfg, data_dir)
+    manifest = check_data(cfg, data_dir)  # its copy goes to the loader: each rank reads the manifest once
     ckpt_dir = out_dir / "checkpoints"
     point = find_resume_point(cfg, ckpt_dir, resume=resume, world_size=dist_info.world_size)
     if cfg.optim.warmup_steps >= cfg.train.steps and dist_info.rank == 0:
@@ -355,7 +364,8 @@ def run_pretrain(
     engine, ds_cfg = build_model_and_engine(
         cfg, dist_info, universal=point.universal, user_ds_config=user_ds_config
     )
-    loader = build_loader(cfg, data_dir, dist_info)
+    loader = build_loader(cfg, data_dir, dist_info, manifest)
+    del manifest  # O(shards) dicts; the loader keeps a compact table of the shards
     start_step = restore(engine, loader, ckpt_dir, point)
     tracker = open_tracker(cfg, out_dir, data_dir=data_dir, point=point, ds_config=ds_cfg)
     loop = StepLoop(
