@@ -54,7 +54,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--window-tokens", type=int, help="tokens per window (prepare config window_tokens)")
     p.add_argument("--reverse-complement", action="store_true", help="also write reverse-complement copies")
-    p.add_argument("--num-workers", type=int, help="Ray tasks in flight (CPUs of a local Ray instance)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        help="Ray tasks in flight (CPUs of a local Ray instance); with --verify: processes reading shards (default 1)",
+    )
     p.add_argument(
         "--ray-address", help="address of an existing Ray cluster (default: start a local instance)"
     )
@@ -68,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     if args.verify:
-        return _verify(args.verify)
+        if args.num_workers is not None and args.num_workers < 1:
+            raise UsageError(f"--num-workers must be >= 1, got {args.num_workers}")
+        return _verify(args.verify, workers=args.num_workers or 1)
     cfg = PrepareConfig().with_overrides(flag_overrides(args, FLAG_FIELDS))
     specs = input_specs(args.inputs, args.species, args.species_table, family=cfg.family)
     if args.dry_run:
@@ -190,10 +196,10 @@ def _track(out: str, cfg: Any, manifest: dict[str, Any], *, enabled: bool, exper
         storage.write_json(link, RUN_LINK)
 
 
-def _verify(folder: str) -> int:
+def _verify(folder: str, *, workers: int) -> int:
     from datapipe.shards.manifest import verify
 
-    problems = verify(folder)
+    problems = verify(folder, workers=workers)
     if problems:
         for p in problems:
             print(f"FAIL {p}")

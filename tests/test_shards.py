@@ -212,6 +212,7 @@ def test_verify_detects_tampering_and_count_mismatches(tmp_path):
     assert len(problems) == 1 and victim.name in problems[0] and "sha256" in problems[0]
     (tmp_path / "shards" / entries[2]["index"]).unlink()
     assert any(entries[2]["index"] in p for p in verify(tmp_path))
+    assert verify(tmp_path, workers=2) == verify(tmp_path)  # the same problems, in the same order
 
 
 def test_input_spec_resolves_species():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -88,42 +89,30 @@ def local_dir(data_dir: str | Path) -> Path:
     return Path(text)
 
 
-def verify(data_dir: str | Path) -> list[str]:
-    """Re-read every shard and its index and compare with the manifest. Problems found (empty = OK)."""
+def verify(data_dir: str | Path, *, workers: int = 1) -> list[str]:
+    """Re-read every shard and its index and compare with the manifest. Problems found (empty = OK).
+
+    One process reads ~40-60 MB of shards per second (sha256, every tar header, every sample decoded);
+    ``workers`` > 1 spreads the shards over that many processes, problems still in manifest order."""
     data_dir = local_dir(data_dir)
     manifest = read_manifest(data_dir)
+    entries = manifest["shards"]
+    check = functools.partial(_verify_shard, data_dir)
     problems: list[str] = []
     samples = tokens = 0
-    for entry in manifest["shards"]:
-        path = data_dir / SHARDS / entry["name"]
-        if not path.exists():
-            problems.append(f"{entry['name']}: missing")
-            continue
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            problems.append(f"{entry['name']}: sha256 differs from the manifest")
-        index_path = data_dir / SHARDS / entry["index"]
-        if not index_path.exists() or sha256_file(index_path) != entry["index_sha256"]:
-            problems.append(f"{entry['index']}: missing, or sha256 differs from the manifest")
-        try:
-            offsets = scan_offsets(data, str(path))
-            if index_path.exists() and load_npy(index_path.read_bytes()).tolist() != offsets:
-                problems.append(f"{entry['index']}: offsets differ from the shard's members")
-            n_tok = 0
-            for i in range(len(offsets) - 1):
-                n_tok += len(
-                    decode_sample(memoryview(data)[offsets[i] : offsets[i + 1]], str(path), offsets[i]).ids
-                )
-        except ShardError as err:
-            problems.append(str(err))
-            continue
-        if len(offsets) - 1 != entry["samples"] or n_tok != entry["tokens"]:
-            problems.append(
-                f"{entry['name']}: {len(offsets) - 1} samples / {n_tok} tokens, "
-                f"manifest says {entry['samples']} / {entry['tokens']}"
-            )
-        samples += len(offsets) - 1
-        tokens += n_tok
+    if workers > 1 and len(entries) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may hold threads (torch, Ray) that a forked child would inherit half-copied.
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(check, entries, chunksize=max(1, min(64, len(entries) // (4 * workers)))))
+    else:
+        results = map(check, entries)
+    for found, n_samples, n_tokens in results:
+        problems += found
+        samples += n_samples
+        tokens += n_tokens
     totals = manifest.get("totals", {})
     if not problems and (samples, tokens) != (totals.get("samples"), totals.get("tokens")):
         problems.append(
@@ -131,6 +120,37 @@ def verify(data_dir: str | Path) -> list[str]:
             f"{totals.get('samples')} / {totals.get('tokens')}"
         )
     return problems
+
+
+def _verify_shard(data_dir: Path, entry: dict[str, Any]) -> tuple[list[str], int, int]:
+    """(problems, samples, tokens) of one shard checked against its manifest entry."""
+    path = data_dir / SHARDS / entry["name"]
+    if not path.exists():
+        return [f"{entry['name']}: missing"], 0, 0
+    problems = []
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        problems.append(f"{entry['name']}: sha256 differs from the manifest")
+    index_path = data_dir / SHARDS / entry["index"]
+    if not index_path.exists() or sha256_file(index_path) != entry["index_sha256"]:
+        problems.append(f"{entry['index']}: missing, or sha256 differs from the manifest")
+    try:
+        offsets = scan_offsets(data, str(path))
+        if index_path.exists() and load_npy(index_path.read_bytes()).tolist() != offsets:
+            problems.append(f"{entry['index']}: offsets differ from the shard's members")
+        n_tok = 0
+        for i in range(len(offsets) - 1):
+            n_tok += len(
+                decode_sample(memoryview(data)[offsets[i] : offsets[i + 1]], str(path), offsets[i]).ids
+            )
+    except ShardError as err:
+        return [*problems, str(err)], 0, 0
+    if len(offsets) - 1 != entry["samples"] or n_tok != entry["tokens"]:
+        problems.append(
+            f"{entry['name']}: {len(offsets) - 1} samples / {n_tok} tokens, "
+            f"manifest says {entry['samples']} / {entry['tokens']}"
+        )
+    return problems, len(offsets) - 1, n_tok
 
 
 def build_manifest(
