@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_corpus import NOTE, Corpus, build_corpus, remove  # noqa: E402
+from scale_model import flatness, project  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # The CLI's main, then this process's own peak RSS and CPU time on stderr (what the driver itself used).
@@ -259,7 +260,12 @@ def one_size(target: float, args: argparse.Namespace, scratch: Path, env: dict[s
         flush=True,
     )
     try:
-        row: dict[str, Any] = {"target_gbp": target, "files": len(corpus.files), "records": corpus.records}
+        row: dict[str, Any] = {
+            "target_gbp": target,
+            "files": len(corpus.files),
+            "records": corpus.records,
+            "input_bytes": corpus.bytes,
+        }
         row.update(prepare(corpus, out, args.workers, env))
         manifest = json.loads((out / "manifest.json").read_text())
         row.update({k: manifest["totals"][k] for k in ("bases", "tokens", "samples", "shards", "units")})
@@ -339,6 +345,9 @@ def main() -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print_tables(rows)
+    if len(rows) >= 2:
+        flatness(rows)
+        project(rows, None, args.workers)
     return 0
 
 
