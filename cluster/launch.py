@@ -98,7 +98,7 @@ def pretrain(cfg: Any, args: argparse.Namespace, user_ds: dict | None) -> int:
     (0 done, 143 stopped by a signal with a checkpoint saved)."""
     from trainer.pretrain import check_data, run_pretrain
 
-    check_data(cfg, args.data)  # before any launcher or group: a wrong --data fails in a second
+    manifest = check_data(cfg, args.data)  # before any launcher or group: a wrong --data fails in a second
     if args.launcher == "ray":
         from cluster.ray_train import RayTrainConfig, fit
 
@@ -114,6 +114,7 @@ def pretrain(cfg: Any, args: argparse.Namespace, user_ds: dict | None) -> int:
             out_dir=args.out,
             resume=args.resume,
             user_ds_config=user_ds,
+            manifest=manifest,  # this rank's one read of it
         )
     finally:
         leave_process_group()

@@ -63,6 +63,9 @@ def test_demo_logs_every_stage_to_one_mlflow_experiment_linked(demo_run):
     assert pretrain.data.params["model.d_model"] == "128"
     assert pretrain.data.tags["dnafm.prepare_run_id"] == runs["prepare"][0].info.run_id
     assert pretrain.data.params["data.prepare_run_id"] == runs["prepare"][0].info.run_id
+    totals = json.loads((demo_run / "shards" / "manifest.json").read_text())["totals"]
+    assert pretrain.data.params["data.samples"] == str(totals["samples"])
+    assert pretrain.data.params["data.tokens"] == str(totals["tokens"])
     assert {
         "train/loss",
         "train/loss_lm",

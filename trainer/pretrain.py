@@ -217,10 +217,17 @@ def restore(engine: Any, loader: ShardLoader, ckpt_dir: Path, point: ResumePoint
 
 
 def open_tracker(
-    cfg: PretrainConfig, out_dir: Path, *, data_dir: Path, point: ResumePoint, ds_config: dict[str, Any]
+    cfg: PretrainConfig,
+    out_dir: Path,
+    *,
+    data_dir: Path,
+    point: ResumePoint,
+    ds_config: dict[str, Any],
+    totals: dict[str, Any] | None = None,
 ) -> Tracker:
     """Rank 0's MLflow run (a resumed run continues its own); other ranks get a NullTracker. It records its
-    data: the manifest (artifact, sha256, sample and token counts) and the prepare run that made it."""
+    data: the manifest (artifact, sha256, sample and token counts) and the prepare run that made it.
+    ``totals``: the manifest's, when the caller has read it already (else it is read here)."""
     if dist.get_rank() != 0:
         return NullTracker()
     prepare_run = read_run_link(data_dir).get("run_id")
@@ -235,7 +242,7 @@ def open_tracker(
     )
     if point.state is None:
         manifest = data_dir / MANIFEST
-        totals = read_manifest(data_dir)["totals"]
+        totals = totals if totals is not None else read_manifest(data_dir)["totals"]
         tracker.log_params(
             {
                 **cfg.flat(),
@@ -343,11 +350,14 @@ def run_pretrain(
     resume: bool = False,
     user_ds_config: dict[str, Any] | None = None,
     on_checkpoint: Callable[[Path, int], None] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> str:
     """Train on the process group ``dist_info`` describes; returns how the run ended: 'completed', 'signal', or
     raises after too many NaN steps. ``on_checkpoint(folder, step)`` runs on every rank after each complete
-    checkpoint."""
-    manifest = check_data(cfg, data_dir)  # its copy goes to the loader: each rank reads the manifest once
+    checkpoint. ``manifest``: what ``check_data`` returned, when the launcher checked the data already in this
+    process (else it is checked here); its copy goes to the loader, so each rank reads the manifest once."""
+    if manifest is None:
+        manifest = check_data(cfg, data_dir)
     ckpt_dir = out_dir / "checkpoints"
     point = find_resume_point(cfg, ckpt_dir, resume=resume, world_size=dist_info.world_size)
     if cfg.optim.warmup_steps >= cfg.train.steps and dist_info.rank == 0:
@@ -365,9 +375,10 @@ def run_pretrain(
         cfg, dist_info, universal=point.universal, user_ds_config=user_ds_config
     )
     loader = build_loader(cfg, data_dir, dist_info, manifest)
+    totals = manifest["totals"]
     del manifest  # O(shards) dicts; the loader keeps a compact table of the shards
     start_step = restore(engine, loader, ckpt_dir, point)
-    tracker = open_tracker(cfg, out_dir, data_dir=data_dir, point=point, ds_config=ds_cfg)
+    tracker = open_tracker(cfg, out_dir, data_dir=data_dir, point=point, ds_config=ds_cfg, totals=totals)
     loop = StepLoop(
         cfg=cfg,
         metric_keys=FAMILIES[cfg.family].metrics,
