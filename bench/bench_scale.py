@@ -130,10 +130,11 @@ def prepare(corpus: Corpus, out: Path, workers: int, env: dict[str, str]) -> dic
     }
 
 
-def verify(out: Path, env: dict[str, str]) -> float:
+def verify(out: Path, env: dict[str, str], workers: int = 1) -> float:
+    """Wall time of ``prepare --verify --num-workers workers`` (its Python start-up included, ~1-2 s)."""
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "prepare", "--verify", str(out)],
+        [sys.executable, "-m", "cluster.cli", "prepare", "--verify", str(out), "--num-workers", str(workers)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -273,7 +274,12 @@ def one_size(target: float, args: argparse.Namespace, scratch: Path, env: dict[s
         row["manifest_mb"], row["manifest_s"], row["manifest_mem_mb"] = manifest_load(out)
         row["disk_bytes"] = disk_bytes(out)
         row["verify_s"] = verify(out, env)
-        print(f"[{target} Gbp] verify {row['verify_s']:.1f} s", flush=True)
+        row["verify_workers_s"] = verify(out, env, args.workers)
+        print(
+            f"[{target} Gbp] verify {row['verify_s']:.1f} s, "
+            f"{row['verify_workers_s']:.1f} s with {args.workers} processes",
+            flush=True,
+        )
         row["loader"] = [
             {
                 "world": world,
@@ -294,9 +300,9 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     print(
         "| corpus | files | records | bases | tokens | shards | units | wall s (CLI) | prepare s | MB/s | "
         "driver peak MB | task peak MB | driver CPU ms/unit | manifest MB | manifest load s | manifest in memory MB | "
-        "verify s | verify MB/s | disk B/base |"
+        "verify s | verify MB/s | verify s, --workers processes | disk B/base |"
     )
-    print("|---" + "|---:" * 18 + "|")
+    print("|---" + "|---:" * 19 + "|")
     for r in rows:
         print(
             f"| {r['target_gbp']} Gbp | {r['files']} | {r['records']:,} | {r['bases'] / 1e9:.3f} G | "
@@ -304,6 +310,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
             f"{r['prepare_s']:.1f} | {r['bases'] / 1e6 / r['prepare_s']:.1f} | {r['driver_mb']:.0f} | "
             f"{r['task_mb']:.0f} | {1e3 * r['driver_cpu'] / r['units']:.1f} | {r['manifest_mb']:.2f} | "
             f"{r['manifest_s']:.3f} | {r['manifest_mem_mb']:.1f} | {r['verify_s']:.1f} | {r['bases'] / 1e6 / r['verify_s']:.1f} | "
+            f"{r.get('verify_workers_s', float('nan')):.1f} | "
             f"{r['disk_bytes'] / r['bases']:.3f} |"
         )
     print(

@@ -48,6 +48,10 @@ def flatness(rows: list[dict[str, Any]]) -> None:
         "disk bytes per base": [r["disk_bytes"] / r["bases"] for r in rows],
         "samples per shard": [r["samples"] / r["shards"] for r in rows],
     }
+    if all("verify_workers_s" in r for r in rows):
+        costs["verify s per Gbp (--workers processes)"] = [
+            r["verify_workers_s"] / r["bases"] * 1e9 for r in rows
+        ]
     for lo in rows[0]["loader"]:
         key = (lo["world"], lo["checks"])
         label = f"loader at {key[0]} rank(s), checks {key[1]}"
@@ -107,12 +111,23 @@ def project(rows: list[dict[str, Any]], before: list[dict[str, Any]] | None, wor
     print(
         f"- verify: {a_ver:.1f} s + {b_ver * 1e9:.2f} s per Gbp per process: {b_ver * b200 / 3600:.1f} h in one process"
     )
+    if all("verify_workers_s" in r for r in rows):
+        _, b_vw = fit(bases, [r["verify_workers_s"] for r in rows])
+        print(
+            f"- verify with {workers} processes: {b_vw * 1e9:.2f} s per Gbp ({b_ver / b_vw:.2f}x one process): "
+            f"{b_vw * b200 / 3600:.1f} h"
+        )
     key_all = next(((lo["world"], lo["checks"]) for lo in rows[0]["loader"] if lo["checks"] == "all"), None)
     for label, data, key in (("before", before, (1, "all (before)")), ("check_shards=all", rows, (1, "all"))):
         if data and key and all(any((lo["world"], lo["checks"]) == key for lo in r["loader"]) for r in data):
             a_ls, b_ls = fit([r["shards"] for r in data], [_loader(r, key)["start"] for r in data])
+            at_200 = (
+                f"{a_ls + b_ls * shards200:.0f} s"
+                if b_ls > 0
+                else "not projected (no growth above the noise over the measured sizes)"
+            )
             print(
-                f"- loader start-up per rank, {label}: {a_ls:.3f} s + {1e6 * b_ls:.1f} us per shard = {a_ls + b_ls * shards200:.0f} s"
+                f"- loader start-up per rank, {label}: {a_ls:.3f} s + {1e6 * b_ls:.1f} us per shard = {at_200}"
             )
     if key_all:
         sample = [
