@@ -316,6 +316,10 @@ def test_file_urls_through_the_cli_and_verify(ray_address, genomes, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-2048])
     proc = run_cli("prepare", "--verify", f"file://{out}")
     assert proc.returncode == 1 and shard.name in proc.stdout
+    proc = run_cli("prepare", "--verify", str(out), "--num-workers", "2")  # shards read by 2 processes
+    assert proc.returncode == 1 and shard.name in proc.stdout
+    proc = run_cli("prepare", "--verify", str(out), "--num-workers", "0")
+    assert proc.returncode == 1 and "--num-workers must be >= 1, got 0" in proc.stderr
 
 
 # -- bad input: one clear error each, nothing partial left, a previous complete state intact ------
