@@ -4,6 +4,7 @@ through the offsets index as the loader does), their .idx.npy indexes, and manif
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from datapipe.loader import build_index
+from datapipe.loader import ShardTable, check_shards
 from datapipe.shards.format import SHARDS, Sample
 from datapipe.shards.manifest import read_manifest, verify
 from datapipe.shards.reader import decode_sample, iter_shard, scan_offsets
@@ -81,13 +82,16 @@ def _via_scan(path: Path):
 
 def _via_loader(folder: Path):
     """What the training loader does: check each shard against the manifest, cut samples by the index."""
-    shards, _ = build_index(folder, read_manifest(folder), skip_bad=False)
+    table = ShardTable.from_manifest(folder, read_manifest(folder))
+    check_shards(folder, table, range(len(table)), skip_bad=False)  # what check_shards=all does at start
     keys = []
-    for shard in shards:
-        data = Path(shard.path).read_bytes()
-        off = shard.offsets
+    for s in range(len(table)):
+        fd, off = table.open_checked(s)  # what a process does before it first reads a shard
+        os.close(fd)
+        data = Path(table.path(s)).read_bytes()
         keys += [
-            decode_sample(data[off[i] : off[i + 1]], shard.path, int(off[i])).key for i in range(len(off) - 1)
+            decode_sample(data[off[i] : off[i + 1]], table.path(s), int(off[i])).key
+            for i in range(len(off) - 1)
         ]
     return keys
 
