@@ -109,7 +109,7 @@ def read_table(path: str | Path) -> LabelledSet:
         ) from None
     if not seqs:
         raise UsageError(f"{path}: no rows after the header")
-    classes = sorted(set(raw_labels), key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
+    classes = sorted(set(raw_labels), key=_label_order)
     if len(classes) < 2:
         raise UsageError(
             f"{path}: every row has label {classes[0]!r}; classification needs at least "
@@ -121,6 +121,14 @@ def read_table(path: str | Path) -> LabelledSet:
     return LabelledSet(
         name=path.name, sequences=seqs, labels=labels, classes=tuple(classes), given_split=given
     )
+
+
+def _label_order(label: str) -> tuple[bool, int, str, str]:
+    """Integers first in numeric order, then names. Compared as digit strings (length, then text), not int():
+    int() refuses more than 4,300 digits, and str.isdigit() is true of '²', which int() does not read."""
+    digits = label.isascii() and label.isdigit()
+    core = label.lstrip("0") if digits else label
+    return (not digits, len(core) if digits else 0, core, label)
 
 
 def _table_rows(

@@ -204,3 +204,27 @@ def test_bgzf_block_claiming_gigabytes_is_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(InputError, match="claims 2147483648 bytes"):
         _pieces(path)
+
+
+def test_table_labels_of_any_length_sort_in_numeric_order(tmp_path: Path) -> None:
+    """Found by the long profile: int() raised ValueError on a label of more than 4,300 digits."""
+    path = tmp_path / "set.csv"
+    huge = "9" * 5000
+    path.write_text(f"sequence,label\nACGT,{huge}\nACGT,10\nACGT,2\nACGT,pos\nACGT,\u00b2\n")
+    assert read_table(path).classes == ("2", "10", huge, "pos", "\u00b2")
+
+
+@pytest.mark.parametrize("name", ["s" * 256 + ".tar", "\ud800.tar"])
+def test_manifest_shard_names_that_cannot_be_files_are_a_shard_error(name: str, tmp_path: Path) -> None:
+    """Found by the long profile: an over-long shard name made the loader raise OSError (file name too long)."""
+    import json
+
+    from datapipe.common.errors import ShardError
+    from datapipe.shards.manifest import read_manifest
+
+    entry = {"name": name, "index": "a.idx.npy", "samples": 1, "tokens": 1, "bytes": 1, "sha256": "",
+             "index_sha256": ""}  # fmt: skip
+    manifest = {"format_version": 2, "shards": [entry], "totals": {}, "config": {}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="plain file names"):
+        read_manifest(tmp_path)

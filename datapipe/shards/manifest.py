@@ -74,7 +74,17 @@ def _plain_name(value: Any) -> bool:
         and "/" not in value
         and "\\" not in value
         and "\0" not in value
+        and _fits_a_file_name(value)
     )
+
+
+def _fits_a_file_name(value: str) -> bool:
+    """At most 255 bytes of UTF-8 (NAME_MAX of Linux file systems): longer, or not encodable (a lone surrogate
+    from JSON), and opening it fails with OSError / UnicodeEncodeError instead of naming the manifest."""
+    try:
+        return len(value.encode("utf-8")) <= 255
+    except UnicodeEncodeError:
+        return False
 
 
 def local_dir(data_dir: str | Path) -> Path:
