@@ -7,6 +7,9 @@ torch.distributed group (gloo on CPU, nccl on GPU) and DeepSpeed adopts it. Insi
 Faults. Every complete dnafm checkpoint is reported to Ray (``ray.train.report(..., checkpoint=...)``), in
 place: it already lies on the shared ``--out``, so nothing is copied. When a worker or its node dies, Ray
 restarts the worker group (``--max-failures K``) and the new group resumes from the last complete checkpoint.
+A restarted group knows it is one from ``OUT/RAY_LAUNCH`` (this launch's id, written by the first group's rank 0),
+not from Ray's checkpoint registry: Ray registers a report only when its controller next polls the workers, so a
+fault in between would otherwise restart the run from step 0 over its own checkpoints (seen in CI).
 With ``--num-workers MIN-MAX`` (elastic) the new group may be smaller: it resumes through DeepSpeed's universal
 checkpoint and keeps the global batch by raising gradient accumulation (the global batch must therefore divide
 evenly at every world size in the range; checked before anything starts).
@@ -28,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -124,7 +128,9 @@ def worker_loop(config: dict[str, Any]) -> None:
         log.info("world size %d: %d micro-batches per step keep the global batch of %d", world, accum,
                  config["global_batch"])  # fmt: skip
     cfg = cfg.with_overrides([f"train.grad_accum_steps={accum}"])
-    restarted = ray.train.get_checkpoint() is not None  # Ray restarted the group after a failure
+    restarted = group_restarted(Path(config["out_dir"]), config["launch_id"])
+    if restarted and ctx.get_world_rank() == 0:
+        log.info("Ray restarted the worker group: resuming from the last complete checkpoint")
 
     def report(folder: Path, step: int) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if ctx.get_world_rank() == 0 else None
@@ -141,6 +147,29 @@ def worker_loop(config: dict[str, Any]) -> None:
         user_ds_config=config["user_ds_config"],
         on_checkpoint=report,
     )
+
+
+LAUNCH_FILE = "RAY_LAUNCH"
+
+
+def group_restarted(out_dir: Path, launch_id: str) -> bool:
+    """True when an earlier worker group of this launch has started in ``out_dir`` (so this one is Ray's
+    restart after a fault). Rank 0 reads and then writes ``OUT/RAY_LAUNCH``; every rank gets its answer.
+    Collective."""
+    import torch
+    import torch.distributed as dist
+
+    from datapipe.common.files import write_atomic
+
+    seen = torch.zeros(1, dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        seen = seen.cuda()
+    if dist.get_rank() == 0:
+        marker = out_dir / LAUNCH_FILE
+        seen += int(marker.is_file() and marker.read_text().strip() == launch_id)
+        write_atomic(marker, launch_id + "\n")
+    dist.broadcast(seen, src=0)
+    return bool(seen.item())
 
 
 def fit(
@@ -186,6 +215,7 @@ def fit(
             "data_dir": str(data_dir),
             "out_dir": str(out_dir),
             "resume": resume,
+            "launch_id": uuid.uuid4().hex,
             "user_ds_config": user_ds_config,
         },
         scaling_config=ScalingConfig(
