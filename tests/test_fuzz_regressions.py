@@ -141,6 +141,10 @@ def test_haps_found_by_fuzzing(haps: bytes, sample: bytes, where: str, tmp_path:
         ("train.steps=NaN", "train.steps"),  # int(nan): ValueError
         ("train.steps=" + "9" * 5000, "train.steps"),  # json.loads: more digits than int() converts
         ("optim.lr=NaN", "optim.lr"),
+        (".=", ".="),  # once "config field '': no such config section"
+        ("model..n_head=1", "model..n_head=1"),
+        ("model.n_head=0", "model.n_head"),  # once ZeroDivisionError in the d_model check
+        ("model.d_model=0", "model.d_model"),
     ],
 )
 def test_set_override_found_by_fuzzing(override: str, field: str) -> None:

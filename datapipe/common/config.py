@@ -67,6 +67,8 @@ class Config:
                 raise ConfigError(item or "--set", "overrides look like 'section.field=value'")
             node = data
             parts = key.strip().split(".")
+            if not all(parts):  # ".=", "a..b=1", " =1": no field to name
+                raise ConfigError(item, "overrides look like 'section.field=value'")
             for i, part in enumerate(parts[:-1]):
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(".".join(parts[: i + 1]), "no such config section")

@@ -43,6 +43,8 @@ class BertConfig(Config):
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
+        check(self.n_head > 0, "n_head", "must be > 0")
+        check(self.d_model > 0, "d_model", "must be > 0")
         check(self.d_model % self.n_head == 0, "d_model", f"must be divisible by n_head ({self.n_head})")
         check(self.n_layer > 0 and self.d_ff > 0, "n_layer", "n_layer and d_ff must be > 0")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")

@@ -53,6 +53,8 @@ class GPTConfig(Config):
         check(self.vocab_size > 0, "vocab_size", "must be > 0")
         check(self.max_seq_len > 0, "max_seq_len", "must be > 0")
         check(self.n_layer > 0, "n_layer", "must be > 0")
+        check(self.n_head > 0, "n_head", "must be > 0")
+        check(self.d_model > 0, "d_model", "must be > 0")
         check(self.d_model % self.n_head == 0, "d_model", f"must be divisible by n_head ({self.n_head})")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
