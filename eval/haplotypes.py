@@ -230,25 +230,62 @@ def read_legend(path: str | Path) -> SnpTable:
 
 def _vcf_header_lines(path: Path) -> int | None:
     """Header lines of a text VCF (plain or bgzip), so errors can name a record's line; None for BCF.
-    (cyvcf2's own header text is htslib's rewrite, which may add lines.)"""
+    (cyvcf2's own header text is htslib's rewrite, which may add lines.) Also checks every record's GT
+    values (:func:`_check_gt`) before cyvcf2 reads them: a malformed one crashes cyvcf2 0.35 with a
+    segmentation fault. Costs one more pass over the text in Python (~1 s per 100 MB)."""
     with open(path, "rb") as f:
         magic = f.read(2)
     opener = gzip.open if magic == b"\x1f\x8b" else open
-    n = 0
+    n, header, samples = 0, None, []
     try:
         with opener(path, "rb") as f:
             if f.read(3) == b"BCF":
-                return None
+                return None  # binary: GT values are integers already
             f.seek(0)
             for line in f:
-                if not line.startswith(b"#"):
-                    break
+                if line.startswith(b"#"):
+                    n += 1
+                    samples = line.rstrip(b"\r\n").split(b"\t")[9:] if line.startswith(b"#CHROM") else samples
+                    continue
+                header = n if header is None else header
                 n += 1
+                _check_gt(path, n, line.rstrip(b"\r\n").split(b"\t"), samples)
     except COMPRESSION_ERRORS as err:
         raise InputError(
             path, n + 1, f"compressed data is truncated or corrupt ({err}); re-download it"
         ) from None
-    return n
+    return n if header is None else header
+
+
+# A GT value as htslib parses it: allele indexes or '.', separated by '|' (phased) or '/' (unphased).
+_GT = re.compile(rb"(?:\.|[0-9]{1,9})(?:[|/](?:\.|[0-9]{1,9}))*")
+
+
+def _check_gt(path: Path, line_no: int, fields: list[bytes], samples: list[bytes]) -> None:
+    """Refuse a record whose GT value htslib cannot parse or whose allele index has no allele. Records too
+    short to have genotypes, and other fields, are left to htslib (it reports those as errors itself)."""
+    if len(fields) < 10:
+        return
+    fmt = fields[8].split(b":")
+    if b"GT" not in fmt:
+        return
+    at = fmt.index(b"GT")
+    n_alleles = 1 + (len(fields[4].split(b",")) if fields[4] != b"." else 0)
+    for i, value in enumerate(fields[9:]):
+        parts = value.split(b":")
+        if at >= len(parts):
+            continue  # trailing fields dropped: a missing call, as VCF allows
+        gt = parts[at]
+        if _GT.fullmatch(gt) and all(a == b"." or int(a) < n_alleles for a in re.split(rb"[|/]", gt)):
+            continue
+        name = samples[i].decode("utf-8", "replace") if i < len(samples) else f"column {10 + i}"
+        raise InputError(
+            path,
+            line_no,
+            f"record {fields[0].decode('utf-8', 'replace')}:{fields[1].decode('utf-8', 'replace')}: sample "
+            f"{name} has GT {gt.decode('utf-8', 'replace')!r}; a GT is allele indexes (0..{n_alleles - 1}) "
+            "or '.', separated by '|' (phased) or '/'",
+        )
 
 
 def _vcf_records(vcf, path: Path, header_lines: int | None) -> Iterator:

@@ -232,3 +232,32 @@ def test_manifest_shard_names_that_cannot_be_files_are_a_shard_error(name: str, 
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="plain file names"):
         read_manifest(tmp_path)
+
+
+VCF_HEAD = (
+    b'##fileformat=VCFv4.2\n##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">\n'
+    b"#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tS1\tS2\n20\t100\t.\tA\tG\t.\tPASS\t.\tGT\t0|1\t1|1\n"
+)
+
+
+@pytest.mark.parametrize("gt", [b"0|\xc3", b"0|a", b"0||1", b"|0|1", b" 0|1", b"0|99999999999", b"0|2"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_vcf_gt_that_crashed_cyvcf2_is_an_input_error(gt: bytes, packed: bool, tmp_path: Path) -> None:
+    """cyvcf2 0.35 dies with a segmentation fault on a GT htslib cannot parse (found by the long profile):
+    checked before it reads the records, in a child process so that a regression fails this test only."""
+    import subprocess
+    import sys
+
+    data = VCF_HEAD + b"20\t200\t.\tC\tT\t.\tPASS\t.\tGT\t0|0\t" + gt + b"\n"
+    path = tmp_path / ("panel.vcf.gz" if packed else "panel.vcf")
+    path.write_bytes(gzip.compress(data) if packed else data)
+    code = (
+        "import sys\nfrom eval.haplotypes import read_haplotypes\nfrom datapipe.common.errors import InputError\n"
+        "try:\n    read_haplotypes(sys.argv[1])\nexcept InputError as err:\n    print(err)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{path.name}:5:" in proc.stdout and "sample S2 has GT" in proc.stdout, proc.stdout
