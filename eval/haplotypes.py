@@ -137,6 +137,13 @@ def _text_lines(path: Path) -> Iterator[io.BufferedIOBase]:
         raise InputError(
             path, None, f"unreadable ({err}): a truncated or corrupt archive, or not text; re-download it"
         ) from None
+    except OSError as err:
+        if magic != b"PK\x03\x04":
+            raise
+        # zipfile seeks to offsets read from the damaged headers: a negative one is EINVAL
+        raise InputError(
+            path, None, f"unreadable zip archive ({err}): corrupt headers; re-download it"
+        ) from None
 
 
 def _numbered(f: io.BufferedIOBase, path: Path) -> Iterator[tuple[int, bytes]]:

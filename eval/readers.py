@@ -69,9 +69,19 @@ def _bases(seq: str, path: Path, line: int) -> str:
     return seq
 
 
+# Labels are class indexes (the head gets max + 1 outputs): a larger one is a wrong column, not a class.
+MAX_LABEL = 1_000_000
+
+
 def _labelled(name: str, seqs: list[str], labels: list[int], where: PathLike) -> LabelledSet:
     if not seqs:
         raise DataFormatError(where, None, "no sequences found")
+    if max(labels) > MAX_LABEL:
+        raise DataFormatError(
+            where,
+            None,
+            f"label {max(labels)}: labels are class indexes 0..{MAX_LABEL:,}; is it the right column?",
+        )
     return LabelledSet(name=name, sequences=seqs, labels=np.asarray(labels, dtype=np.int64))
 
 

@@ -37,6 +37,16 @@ def _zip_with_version(data: bytes) -> bytes:
     return bytes(raw)
 
 
+def _zip_flipped(data: bytes, at: int) -> bytes:
+    """A one-member zip with one byte flipped (the fuzzer's damaged archive)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("panel.hapt", data)
+    raw = bytearray(buf.getvalue())
+    raw[at] ^= 0x5A
+    return bytes(raw)
+
+
 CASES = {
     # name: (file name, bytes, reader, expected error type)
     "species-not-utf8": ("species.txt", b"\x80", lambda p: read_species_table(str(p)), UsageError),
@@ -74,6 +84,21 @@ CASES = {
     "hapt-cut-gzip": ("p.hapt.gz", _cut_gzip(b"AG H_A 0 1 1 0\n" * 500), read_haplotypes, InputError),
     "hapt-zip-version": ("p.hapt.zip", _zip_with_version(b"AG H_A 0 1\n"), read_haplotypes, InputError),
     "hapt-bad-zip": ("p.hapt.zip", b"PK\x03\x04" + b"\0" * 40, read_haplotypes, InputError),
+    # the central directory's header offset made negative: zipfile's seek raised OSError EINVAL
+    "hapt-zip-negative-offset": ("p.hapt.zip", _zip_flipped(b"", 112), read_haplotypes, InputError),
+    # a label too large for int64 (OverflowError in numpy), or a head of a billion classes
+    "dnabert-huge-label": (
+        "dev.tsv",
+        b"sequence\tlabel\r\nGTGGGG TGGGGA\t9999999999999999999",
+        read_dnabert_tsv,
+        InputError,
+    ),
+    "labelled-fasta-huge-label": (
+        "set.fa",
+        b">a|9999999999999999999\nACGT\n",
+        read_labelled_fasta,
+        InputError,
+    ),
     "legend-unicode-digit": (
         "s.legend",
         "id position a0 a1\nrs1 \u00b2 A G\n".encode(),
@@ -167,6 +192,15 @@ def test_deepspeed_config_found_by_fuzzing(text: bytes, tmp_path: Path) -> None:
     (tmp_path / "ds.json").write_bytes(text)
     with pytest.raises(UsageError, match="ds.json"):
         resolve(build_parser().parse_args(["pretrain", "--deepspeed_config", str(tmp_path / "ds.json")]))
+
+
+def test_saved_config_with_an_empty_key_names_it() -> None:
+    from datapipe.common.config import ConfigError
+    from trainer.config import PretrainConfig
+
+    with pytest.raises(ConfigError) as info:  # once "config field '': unknown field"
+        PretrainConfig.from_dict({"": "tiny-dnagpt"})
+    assert info.value.field == '""'
 
 
 def test_saved_config_not_a_mapping() -> None:

@@ -43,7 +43,8 @@ class Config:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
-            where = f"{_prefix}.{unknown[0]}" if _prefix else unknown[0]
+            shown = unknown[0] or '""'  # an empty key still needs a name in the message
+            where = f"{_prefix}.{shown}" if _prefix else shown
             raise ConfigError(
                 where, f"unknown field; valid fields of {cls.__name__}: {', '.join(sorted(fields))}"
             )
