@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 
+from cluster.ray_connect import loopback_mode
 from datapipe.common import __version__
 from datapipe.common.errors import UserError
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        loopback_mode(getattr(args, "ray_address", None) or os.environ.get("RAY_ADDRESS"))
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("dnafm: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from datapipe.common.errors import UsageError
 
@@ -43,11 +44,12 @@ def connect(
         log_to_driver
     ):  # every rank's lines, not Ray's "[repeated 7x across cluster]" summaries (read on import)
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    loopback_mode(address)
     import ray
 
     if ray.is_initialized():
         return "connected to Ray already"
-    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _reachable_or_fail(address)
         try:
@@ -79,6 +81,27 @@ def connect(
         )
     log.info("%s", what)
     return what
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def loopback_mode(address: str | None) -> None:
+    """For a head on loopback (a one-machine cluster), Ray's loopback mode, which Ray reads when it is
+    imported: without it Ray rewrites this driver's 127.0.0.1 to the machine's address, where that head does
+    not listen, and waits for its GCS forever without a word. ``dnafm`` calls this before anything imports
+    Ray; a library caller that imported Ray already gets a UsageError instead of the hang."""
+    if not address or address.removeprefix("ray://").rpartition(":")[0] not in LOOPBACK:
+        return
+    if _LOOPBACK_ENV in os.environ:
+        return  # the user's own choice
+    if "ray" in sys.modules:
+        raise UsageError(
+            f"the Ray head at {address!r} listens on loopback, which needs {_LOOPBACK_ENV}=0 in the "
+            "environment before Ray is imported: set it, or give the head's non-loopback address"
+        )
+    os.environ[_LOOPBACK_ENV] = "0"
 
 
 def _reachable_or_fail(address: str, timeout_s: float = 5.0) -> None:

@@ -197,6 +197,27 @@ def test_every_command_joins_the_cluster_or_starts_its_own(ray_head, tmp_path):
     assert len(gone.stderr.strip().splitlines()) == 1
 
 
+def test_a_loopback_head_is_joined_without_ray_environment_settings(ray_head):
+    """A head started on 127.0.0.1 is joined by a driver whose environment says nothing about Ray's loopback
+    mode: Ray would otherwise rewrite 127.0.0.1 to the machine's address and wait for the GCS forever. A
+    caller that imported Ray first gets one clear error instead of that hang."""
+    env = {
+        k: v for k, v in user_env().items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")
+    }
+    env["RAY_AUTH_MODE"] = "disabled"
+    join = f"from cluster.ray_connect import connect\nprint(connect({ray_head.address!r}))\n"
+    task = "import ray\nprint('task', ray.get(ray.remote(lambda: 41 + 1).remote()))\n"
+    proc = subprocess.run([sys.executable, "-c", join + task], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"joined the Ray cluster at {ray_head.address}" in proc.stdout and "task 42" in proc.stdout
+    early = subprocess.run([sys.executable, "-c", "import ray\n" + join], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert early.returncode == 1 and "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0" in early.stderr, early.stderr[
+        -2000:
+    ]
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
