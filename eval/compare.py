@@ -109,10 +109,24 @@ def history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
-def _training(client: Any, run: Any, at_step: int | None) -> dict[str, float]:
+class Histories:
+    """Metric histories fetched once per (run, metric): the table and the report's curves read the same ones
+    (each fetch is a round trip to the store, the slow part of a compare against a remote server)."""
+
+    def __init__(self, client: Any):
+        self.client = client
+        self._got: dict[tuple[str, str], list[tuple[int, float]]] = {}
+
+    def __call__(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        if (run_id, key) not in self._got:
+            self._got[run_id, key] = history(self.client, run_id, key)
+        return self._got[run_id, key]
+
+
+def _training(history: Histories, run: Any, at_step: int | None) -> dict[str, float]:
     out: dict[str, float] = {}
     for key in LOSS_KEYS:
-        points = history(client, run.info.run_id, key)
+        points = history(run.info.run_id, key)
         if not points:
             continue
         chosen = [v for s, v in points if s <= at_step] if at_step is not None else [v for _, v in points]
@@ -120,12 +134,12 @@ def _training(client: Any, run: Any, at_step: int | None) -> dict[str, float]:
             out[key] = chosen[-1]
             out[f"{key}:best"] = max(chosen) if key.endswith("_acc") else min(chosen)
     for key in ("train/tokens_per_s", "train/mfu"):
-        points = history(client, run.info.run_id, key)
+        points = history(run.info.run_id, key)
         if points:
             out[key] = sum(v for _, v in points) / len(points)
-    seen = history(client, run.info.run_id, "train/tokens_seen")
+    seen = history(run.info.run_id, "train/tokens_seen")
     out["tokens_seen"] = seen[-1][1] if seen else float("nan")
-    steps = history(client, run.info.run_id, "train/loss")
+    steps = history(run.info.run_id, "train/loss")
     out["steps"] = steps[-1][0] if steps else 0
     if run.info.end_time and run.info.start_time:
         out["wall_s"] = (run.info.end_time - run.info.start_time) / 1000
@@ -138,17 +152,20 @@ def compare_runs(
     *,
     at_step: int | None = None,
     require_eval: bool = True,
+    histories: Histories | None = None,
 ):
-    """The joined table (module docstring) as a pandas DataFrame, one row per pretraining run, newest first."""
+    """The joined table (module docstring) as a pandas DataFrame, one row per pretraining run, newest first.
+    ``histories``: the caller's, to reuse the fetched metric histories (else fetched here)."""
     import pandas as pd
 
-    client = client_for(tracking_uri)
+    histories = histories or Histories(client_for(tracking_uri))
+    client = histories.client
     runs = pretraining_runs(client, selection or Selection())
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run_id": run.info.run_id, "run_name": run.info.run_name}
         row.update({f"param.{k}": v for k, v in run.data.params.items() if not k.startswith(SKIP_PARAMS)})
-        row.update(_training(client, run, at_step))
+        row.update(_training(histories, run, at_step))
         for ev in eval_runs(client, run):
             row.update({k: v for k, v in ev.data.metrics.items() if k.startswith("eval/")})
         rows.append(row)

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from datapipe.common.logs import setup_logging
-    from eval.compare import Selection, compare_runs
+    from eval.compare import Histories, Selection, client_for, compare_runs
 
     setup_logging()
     if not args.tracking_uri:
@@ -56,12 +56,15 @@ def run(args: argparse.Namespace) -> int:
     sel = Selection(
         experiments=tuple(args.experiment), filter=args.filter, runs=tuple(args.runs), last=args.last
     )
-    table = compare_runs(args.tracking_uri, sel, at_step=args.at_step, require_eval=not args.dry_run)
+    histories = Histories(client_for(args.tracking_uri))
+    table = compare_runs(
+        args.tracking_uri, sel, at_step=args.at_step, require_eval=not args.dry_run, histories=histories
+    )
     if args.dry_run:
         print(json.dumps([{"run_id": r, "run_name": n} for r, n in zip(table["run_id"], table["run_name"],
                                                                         strict=True)], indent=2))  # fmt: skip
         return 0
-    write_report(table, args)
+    write_report(table, args, histories)
     from eval.compare_report import terminal_table
 
     print(terminal_table(table))
@@ -69,19 +72,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(table, args: argparse.Namespace) -> Path:
+def write_report(table, args: argparse.Namespace, history) -> Path:
     """Everything into a temporary folder renamed to --out at the end (nothing partial on failure), then
-    logged as the artifacts of a compare run."""
+    logged as the artifacts of a compare run. ``history``: the ``eval.compare.Histories`` the table was read
+    with (its loss and tokens-seen histories are the curves)."""
     from datapipe.common.files import atomic_dir
     from datapipe.common.tracking import experiment_name, start_tracker
-    from eval.compare import client_for, history
     from eval.compare_report import plot_curves, plot_tasks, write_html, write_markdown
 
-    client = client_for(args.tracking_uri)
+    client = history.client
     curves = {}
     for run_id in table["run_id"]:
-        loss = history(client, run_id, "train/loss")
-        seen = dict(history(client, run_id, "train/tokens_seen"))
+        loss = history(run_id, "train/loss")
+        seen = dict(history(run_id, "train/tokens_seen"))
         curves[run_id] = {"step": [s for s, _ in loss], "loss": [v for _, v in loss],
                           "tokens_seen": [seen[s] for s, _ in loss] if all(s in seen for s, _ in loss) else []}  # fmt: skip
     names = dict(zip(table["run_id"], table["run_name"], strict=True))
