@@ -30,6 +30,7 @@ from eval.datasets import LabelledSet, Split, split
 from eval.finetune import FinetuneConfig, finetune
 from eval.metrics import averaging, classification_metrics, paired_difference
 from eval.plots import plot_task
+from eval.regression import RegressionSet
 from eval.report import mlflow_metrics, task_row, write_summary
 from eval.tasks import Task, load_task
 from eval.user_tasks import UserTaskConfig, build_user_task, read_user_data
@@ -76,7 +77,7 @@ class EvalConfig(Config):
 class Job:
     """One set to evaluate: a registry task, or the user's (task None)."""
 
-    data: LabelledSet
+    data: LabelledSet | RegressionSet
     species_token: str
     task: Task | None
     source: str
@@ -88,6 +89,19 @@ def load_jobs(cfg: EvalConfig) -> list[Job]:
     if user.data is not None or user.build is not None:
         if user.data is not None:
             data = read_user_data(user.data)
+        elif user.build == "expression":
+            from eval.expression import build_expression_task
+
+            data = build_expression_task(
+                user.genome,
+                user.promoters,
+                user.expression,
+                column=user.expression_column or 2,
+                transform=user.expression_transform or "none",
+                features=user.features,
+                chrom=user.chrom,
+                max_examples=user.max_examples,
+            )
         else:
             data = build_user_task(
                 user.build, user.genome, user.annotation, chrom=user.chrom, max_examples=user.max_examples
