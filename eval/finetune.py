@@ -43,7 +43,14 @@ class FinetuneConfig(Config):
     mode: Literal["finetune", "probe"] = "finetune"
     """finetune: all weights train; probe: the encoder is frozen and only a linear head trains."""
     crop: bool = True
-    """Centre-crop sequences longer than the model's context (e.g. 606-bp PAS windows for 512-token DNABERT)."""
+    """Centre-crop sequences longer than the model's context (e.g. 606-bp PAS windows for 512-token DNABERT)
+    when ``window_pool`` resolves to off."""
+    window_pool: Literal["auto", "off", "mean", "max"] = "auto"
+    """Sequences longer than the context: 'mean' / 'max' read them as overlapping windows whose read-out
+    vectors are pooled (eval/long_inputs.py); 'off': ``crop`` decides; 'auto': mean for regression tasks,
+    off for classification (the behaviour before windows existed)."""
+    window_overlap: float = 0.25
+    """Fraction of a window's tokens shared with the next window."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", "must be >= 1")
@@ -51,6 +58,13 @@ class FinetuneConfig(Config):
         check(self.probe_lr > 0, "probe_lr", "must be > 0")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(self.patience >= 0, "patience", "must be >= 0")
+        check(0 <= self.window_overlap < 1, "window_overlap", "a fraction of a window in [0, 1)")
+
+    def pool(self, *, regression: bool) -> str:
+        """The window pooling in force: 'off', 'mean' or 'max' ('auto' resolved by task type)."""
+        if self.window_pool == "auto":
+            return "mean" if regression else "off"
+        return self.window_pool
 
 
 @torch.no_grad()

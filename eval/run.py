@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from datapipe.common.config import Config, check
+from datapipe.common.errors import UsageError
 from datapipe.common.tracking import (
     PARENT_ENV,
     Tracker,
@@ -106,12 +107,16 @@ def load_jobs(cfg: EvalConfig) -> list[Job]:
             data = build_user_task(
                 user.build, user.genome, user.annotation, chrom=user.chrom, max_examples=user.max_examples
             )
-        return [Job(data=data, species_token=user.species_token, task=None, source=user.describe())]
-    root = Path(cfg.data_root) if cfg.data_root else None
-    jobs = []
-    for name in cfg.tasks:
-        task, data = load_task(name, root)
-        jobs.append(Job(data=data, species_token=task.species_token, task=task, source=task.description))
+        jobs = [Job(data=data, species_token=user.species_token, task=None, source=user.describe())]
+    else:
+        root = Path(cfg.data_root) if cfg.data_root else None
+        jobs = []
+        for name in cfg.tasks:
+            task, data = load_task(name, root)
+            jobs.append(Job(data=data, species_token=task.species_token, task=task, source=task.description))
+    regression = [j.data.name for j in jobs if isinstance(j.data, RegressionSet)]
+    if regression and cfg.save_model:
+        raise UsageError(f"--save-model saves classifiers; {', '.join(regression)} is a regression task")
     return jobs
 
 
@@ -238,6 +243,11 @@ def evaluate_job(
     score, plots and ``<task>.json``; its summary row."""
     from trainer.models.export import load_export, read_provenance
 
+    if isinstance(job.data, RegressionSet):
+        from eval.run_regression import evaluate_regression_job
+
+        return evaluate_regression_job(job, cfg, checkpoint=checkpoint, out_dir=out_dir, dist_info=dist_info,
+                                       tracking_uri=tracking_uri, parent=parent)  # fmt: skip
     t0 = time.perf_counter()
     data = job.data
     model, pre_cfg, tok = load_export(checkpoint)

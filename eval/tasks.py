@@ -232,7 +232,7 @@ TASKS: dict[str, Task] = {
             load=_expression,
             published={"r2": 0.62},
             published_note="r^2 (squared Pearson) on Xpresso's human test genes: DNAGPT 0.62, Xpresso 0.59 "
-            "(arXiv:2307.05628, Table 3); ours is another gene set (chr20's 460 labelled genes, random split)",
+            "(DNAGPT paper, arXiv:2307.05628); ours is another gene set (chr20's 460 labelled genes, random split)",
         ),
         Task(
             name="prom-mouse-tata",
