@@ -272,6 +272,7 @@ def evaluate_job(
     for png in pngs:
         child.log_artifact(png, "plots")
     row = task_row(data, scores, job, parts, time.perf_counter() - t0)
+    row.update(window_pool=info["pool"], windows_per_example=round(info["windows_per_example"], 2))
     child.log_metrics(mlflow_metrics(row), step=0)
     child.finish()
     (out_dir / f"{data.name}.json").write_text(

@@ -143,3 +143,57 @@ def test_regression_set_refuses_non_finite_and_constant_targets():
         RegressionSet(name="x", sequences=["A", "C"], values=np.array([1.0, np.nan]))
     with pytest.raises(UsageError, match="every target is 2"):
         RegressionSet(name="x", sequences=["A", "C"], values=np.array([2.0, 2.0]))
+
+
+def test_classifier_pools_the_windows_of_a_long_input():
+    from eval.heads import build_classifier
+    from trainer.models.bert import DNABERT, BertConfig
+    from trainer.models.gpt import DNAGPT, GPTConfig
+
+    torch.manual_seed(0)
+    for family, name in (("dnagpt", "dnagpt-6mer"), ("dnabert", "dnabert-6")):
+        tok = get_tokenizer(name)
+        if family == "dnagpt":
+            net = DNAGPT(
+                GPTConfig(vocab_size=tok.vocab_size, max_seq_len=48, n_layer=1, n_head=2, d_model=32)
+            )
+        else:
+            net = DNABERT(
+                BertConfig(
+                    vocab_size=tok.vocab_size, max_seq_len=48, n_layer=1, n_head=2, d_model=32, d_ff=64
+                )
+            )
+        clf = build_classifier(family, net, tok, num_classes=2, probe=False, pool="max").eval()
+        inp = encode(family, tok, [_seq(700)], species_token="R", max_len=48, pool="max")
+        assert inp.windows_per_example[0] > 2
+        with torch.no_grad():
+            pooled = clf(**inp.batch(np.array([0]), torch.device("cpu")))
+            each = [
+                clf(torch.from_numpy(inp.ids[w : w + 1]), torch.from_numpy(inp.read[w : w + 1]))
+                for w in range(len(inp.ids))
+            ]
+        assert pooled.shape == (1, 2)
+        if (
+            family == "dnagpt"
+        ):  # max over windows of the <=> state, then the tied LM head's answer rows: linear
+            h = (
+                net(torch.from_numpy(inp.ids))[torch.arange(len(inp.ids)), torch.from_numpy(inp.read)]
+                .max(0)
+                .values
+            )
+            torch.testing.assert_close(pooled[0], net.lm_logits(h)[clf.answer_ids].float())
+        else:  # max over windows of the pooler's [CLS] vector, then the classifier
+            ids = torch.from_numpy(inp.ids)
+            h = torch.tanh(net.pooler(net(ids, ids != tok.pad_id)[:, 0])).max(0).values
+            torch.testing.assert_close(pooled[0], clf.bert.classifier(h).float())
+        # one window alone is what the pooled input gives when it is the only window
+        assert not torch.allclose(pooled, each[0])
+
+
+def test_window_pool_auto_is_mean_for_regression_and_the_old_crop_for_classification():
+    from eval.finetune import FinetuneConfig
+
+    assert (
+        FinetuneConfig().pool(regression=True) == "mean" and FinetuneConfig().pool(regression=False) == "off"
+    )
+    assert FinetuneConfig(window_pool="max").pool(regression=False) == "max"

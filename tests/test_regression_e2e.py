@@ -123,3 +123,23 @@ def test_classification_and_regression_rows_in_one_report(tmp_path):
         parent.data.metrics
     )
     assert runs["task-expression-human"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+
+def test_classification_reads_long_inputs_as_pooled_windows(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = ["sequence,label"]
+    for i in range(60):
+        g = 0.65 if i % 2 else 0.35
+        rows.append(
+            "".join(rng.choice(list("ACGT"), 1000, p=[(1 - g) / 2, g / 2, g / 2, (1 - g) / 2])) + f",{i % 2}"
+        )
+    data = tmp_path / "long.csv"
+    data.write_text("\n".join(rows) + "\n")
+    ckpt = untrained_export("tiny-dnagpt", tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    run_eval_cli(ckpt, out, "--data", str(data), "--set", "finetune.window_pool=mean",
+                 "--set", "finetune.epochs=1", "--no-mlflow")  # fmt: skip
+    row = json.loads((out / "long.csv.json").read_text())
+    # 166 tokens (1,000 bp of 6-mers, the 4-base tail one unknown token), 126 per window: 2 windows each
+    assert row["window_pool"] == "mean" and row["windows_per_example"] == 2.0 and row["n_test"] == 16
+    assert row["mcc_ci"][0] <= row["mcc"] <= row["mcc_ci"][1]
