@@ -230,3 +230,17 @@ def test_data_file_with_a_value_column_is_a_regression_set(tmp_path):
     path.write_text("sequence,value\nACGT,1\nACGA,1\n")
     with pytest.raises(InputError, match="every value is 1; regression needs targets that vary"):
         read_user_data(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("chr20\t30000\t50000\tG0\t0\t+\n", "gene 'G0' has two rows"),
+        ("chr20\t30000\t50000\tG9\t0\t.\n", "gene 'G9' has no strand"),
+    ],
+)
+def test_bad_promoter_rows_are_one_clear_error(tmp_path, line, message):
+    f = _files(tmp_path, table="".join(f"G{i}\t{i}\n" for i in range(8)))
+    f["promoters"].write_text(f["promoters"].read_text() + line)
+    with pytest.raises(InputError, match=message):
+        build_expression_task(f["genome"], f["promoters"], f["expression"])
