@@ -197,3 +197,15 @@ def test_window_pool_auto_is_mean_for_regression_and_the_old_crop_for_classifica
         FinetuneConfig().pool(regression=True) == "mean" and FinetuneConfig().pool(regression=False) == "off"
     )
     assert FinetuneConfig(window_pool="max").pool(regression=False) == "max"
+
+
+def test_save_model_is_refused_for_a_regression_task_before_any_output(tmp_path):
+    from eval.run import EvalConfig, load_jobs
+    from eval.user_tasks import UserTaskConfig
+
+    path = tmp_path / "v.csv"
+    path.write_text("sequence,value\n" + "".join(f"{_seq(30)},{i}\n" for i in range(12)))
+    cfg = EvalConfig(tasks=(), user_task=UserTaskConfig(data=str(path)), save_model=True)
+    with pytest.raises(UsageError, match="--save-model saves classifiers; v.csv is a regression task"):
+        load_jobs(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.csv"]
