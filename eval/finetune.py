@@ -36,6 +36,7 @@ class FinetuneConfig(Config):
     features needs a far larger step than the whole network (on splice-human with a random tiny DNAGPT, 3
     epochs: test MCC 0.020 at 5e-4, 0.075 at 5e-3, 0.086 at 2e-2)."""
     micro_batch_size: int = 32
+    """Examples per optimizer step; with windowed long inputs each brings all its windows (eval/long_inputs.py)."""
     patience: int = 1
     """Epochs without validation improvement (MCC) before stopping."""
     seed: int = 0

@@ -12,6 +12,9 @@ index the head reads (the ``<=>`` slot for DNAGPT, 0 = [CLS] for DNABERT), and p
   classifier has another number of labels than C (pretraining exports have 2) gets a fresh Linear(d, C) in its
   place. Probe: the encoder (pooler and classifier included) is frozen and a new ``LinearProbe`` reads [CLS].
 
+Long inputs (``finetune.window_pool``, eval/long_inputs.py): the rows are windows, ``counts`` (B,) says how
+many belong to each example, and the read-out vectors are pooled per example before the head.
+
 The probe standardises each feature (BatchNorm without affine parameters, as MAE's linear probe) before its
 Linear: a frozen encoder's read-out vector is nearly the same for every sequence (measured: 99% of its
 second moment is common to all sequences for a random tiny DNAGPT at ``<=>``), so an unnormalised head sees

@@ -209,3 +209,33 @@ def test_save_model_is_refused_for_a_regression_task_before_any_output(tmp_path)
     with pytest.raises(UsageError, match="--save-model saves classifiers; v.csv is a regression task"):
         load_jobs(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.csv"]
+
+
+def test_regression_fine_tuning_stops_early_on_validation_r2_and_keeps_the_best_epoch():
+    """On the real DeepSpeed engine (one gloo rank in this process): targets that the sequences do not explain,
+    patience 0, so the run stops at the first epoch whose validation r^2 is not a new best."""
+    from cluster.launch import init_process_group, leave_process_group
+    from datapipe.common.tracking import NullTracker
+    from eval.finetune import FinetuneConfig
+    from eval.regress_finetune import finetune_regression
+    from eval.regression import split_regression
+    from trainer.models.gpt import DNAGPT, GPTConfig
+
+    tok = get_tokenizer("dnagpt-6mer")
+    torch.manual_seed(0)
+    gpt = DNAGPT(GPTConfig(vocab_size=tok.vocab_size, max_seq_len=32, n_layer=1, n_head=2, d_model=32))
+    data = RegressionSet(name="noise", sequences=[_seq(240) for _ in range(40)], values=RNG.normal(size=40),
+                         features=RNG.normal(size=(40, 1)), feature_names=("f",))  # fmt: skip
+    parts = split_regression(data, seed=0)
+    cfg = FinetuneConfig(epochs=8, patience=0, micro_batch_size=8, lr=1e-3)
+    dist_info = init_process_group()
+    try:
+        pred, info = finetune_regression(gpt, "dnagpt", tok, cfg, data=data, parts=parts, species_token="R",
+                                         dist_info=dist_info, tracker=NullTracker())  # fmt: skip
+    finally:
+        leave_process_group()
+    r2 = [h["r2"] for h in info["history"]]
+    best = [max(r2[: i + 1]) for i in range(len(r2))]
+    stop = next((i for i in range(1, len(r2)) if r2[i] <= best[i - 1]), len(r2) - 1)
+    assert len(r2) == stop + 1 and info["best_val_r2"] == pytest.approx(max(r2))
+    assert pred.shape == (len(parts.test),) and info["windows_per_example"] == 2.0 and info["pool"] == "mean"
