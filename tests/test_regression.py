@@ -211,7 +211,7 @@ def test_save_model_is_refused_for_a_regression_task_before_any_output(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.csv"]
 
 
-def test_regression_fine_tuning_stops_early_on_validation_r2_and_keeps_the_best_epoch():
+def test_regression_fine_tuning_stops_early_on_validation_r2_and_keeps_the_best_epoch(monkeypatch):
     """On the real DeepSpeed engine (one gloo rank in this process): targets that the sequences do not explain,
     patience 0, so the run stops at the first epoch whose validation r^2 is not a new best."""
     from cluster.launch import init_process_group, leave_process_group
@@ -228,6 +228,11 @@ def test_regression_fine_tuning_stops_early_on_validation_r2_and_keeps_the_best_
                          features=RNG.normal(size=(40, 1)), feature_names=("f",))  # fmt: skip
     parts = split_regression(data, seed=0)
     cfg = FinetuneConfig(epochs=8, patience=0, micro_batch_size=8, lr=1e-3)
+    # init_process_group writes the single-rank rendezvous into os.environ; undo it afterwards, or later
+    # `dnafm` subprocesses of this session inherit this group's MASTER_PORT
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # records the old value (or its absence) to restore
+        monkeypatch.delenv(key)
     dist_info = init_process_group()
     try:
         pred, info = finetune_regression(gpt, "dnagpt", tok, cfg, data=data, parts=parts, species_token="R",
