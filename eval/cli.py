@@ -25,6 +25,13 @@ format follows the extension: .gtf, .gff/.gff3, .bed, each optionally .gz, or an
   prom300  GTF: transcript lines; GFF3: mRNA and transcript lines; BED/parquet: every row. The 5' end of
            each (by strand) is a TSS; -249..+50 around it vs distal windows. 2 classes.
   tf       every line/row is a site; 101 bp around its centre vs dinucleotide shuffles. 2 classes.
+  expression  a regression (Xpresso's setting): --promoters BED6 (gene id, strand; +-10 kb around the TSS),
+           --expression TABLE (tab-separated, gene id in column 1, the target in --expression-column N,
+           counted from 1 as cut -f; default 2), optional --features TSV (header; gene id + numeric
+           columns). Sequence -7,000..+3,500 around the TSS (10,500 bp), reverse-complemented on '-'.
+           --expression-transform none (default: the column is the target as written; Xpresso's
+           1to1_orthologs_expression.txt already holds log10(x + 0.1)) or log10 (apply log10(x + 0.1)).
+           Genes off the genome, without a target or without features are skipped and counted.
 
 --chrom keeps one chromosome ('chr20' and '20' match); only the annotated chromosomes of the genome are
 loaded. --max-examples caps the set (split evenly over classes). The build spec is recorded in
@@ -51,12 +58,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         help="your own labelled set: CSV/TSV with columns sequence,label (2 or more classes), or FASTA "
-        "(.fa/.fasta/.fna[.gz]) with headers '>id label=1'",
+        "(.fa/.fasta/.fna[.gz]) with headers '>id label=1'; a CSV/TSV with a numeric 'value' column (and "
+        "optional feature_* columns) instead of 'label' is a regression task",
     )
     g.add_argument(
         "--build",
-        choices=("tis", "splice", "prom300", "tf"),
-        help="build a task from --genome and --annotation (see below)",
+        choices=("tis", "splice", "prom300", "tf", "expression"),
+        help="build a task from --genome and --annotation (expression: --promoters, --expression; see below)",
     )
     r = p.add_argument_group(
         "Ray (--launcher ray)", "each task runs as a Ray task, in parallel across the cluster"
@@ -74,6 +82,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--gpus-per-task", type=float, help="GPUs each task reserves (default 0)")
     p.add_argument("--genome", type=Path, help="with --build: genome FASTA (.gz allowed)")
     p.add_argument("--annotation", type=Path, help="with --build: GTF, GFF3, BED or .parquet annotation")
+    p.add_argument("--promoters", type=Path, help="with --build expression: promoter BED6 (one row per gene)")
+    p.add_argument("--expression", type=Path, help="with --build expression: gene id + target table (TSV)")
+    p.add_argument(
+        "--expression-column",
+        type=int,
+        help="with --build expression: the target's column, from 1 (default 2)",
+    )
+    p.add_argument(
+        "--expression-transform",
+        choices=("none", "log10"),
+        help="with --build expression: none (use the column as written; default) or log10 (log10(x + 0.1))",
+    )
+    p.add_argument("--features", type=Path, help="with --build expression: per-gene numeric features (TSV)")
     p.add_argument("--chrom", help="with --build: use only this chromosome")
     p.add_argument("--max-examples", type=int, help="with --build: at most this many examples")
     p.add_argument(
@@ -99,6 +120,11 @@ def _user_task(args: argparse.Namespace) -> dict:
         "annotation": args.annotation,
         "chrom": args.chrom,
         "max_examples": args.max_examples,
+        "promoters": args.promoters,
+        "expression": args.expression,
+        "expression_column": args.expression_column,
+        "expression_transform": args.expression_transform,
+        "features": args.features,
         "species_token": args.species_token,
     }
     return {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in fields.items() if v is not None}

@@ -18,6 +18,7 @@ from datapipe.common.logs import progress
 from datapipe.common.tracking import Tracker
 from datapipe.tokenizers import Tokenizer
 from eval.heads import build_classifier, encode_inputs
+from eval.long_inputs import Inputs, encode
 from eval.metrics import classification_metrics
 from trainer.config import OptimConfig, TrainConfig
 from trainer.engine import DistInfo, build_engine
@@ -35,6 +36,7 @@ class FinetuneConfig(Config):
     features needs a far larger step than the whole network (on splice-human with a random tiny DNAGPT, 3
     epochs: test MCC 0.020 at 5e-4, 0.075 at 5e-3, 0.086 at 2e-2)."""
     micro_batch_size: int = 32
+    """Examples per optimizer step; with windowed long inputs each brings all its windows (eval/long_inputs.py)."""
     patience: int = 1
     """Epochs without validation improvement (MCC) before stopping."""
     seed: int = 0
@@ -43,7 +45,14 @@ class FinetuneConfig(Config):
     mode: Literal["finetune", "probe"] = "finetune"
     """finetune: all weights train; probe: the encoder is frozen and only a linear head trains."""
     crop: bool = True
-    """Centre-crop sequences longer than the model's context (e.g. 606-bp PAS windows for 512-token DNABERT)."""
+    """Centre-crop sequences longer than the model's context (e.g. 606-bp PAS windows for 512-token DNABERT)
+    when ``window_pool`` resolves to off."""
+    window_pool: Literal["auto", "off", "mean", "max"] = "auto"
+    """Sequences longer than the context: 'mean' / 'max' read them as overlapping windows whose read-out
+    vectors are pooled (eval/long_inputs.py); 'off': ``crop`` decides; 'auto': mean for regression tasks,
+    off for classification (the behaviour before windows existed)."""
+    window_overlap: float = 0.25
+    """Fraction of a window's tokens shared with the next window."""
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", "must be >= 1")
@@ -51,6 +60,13 @@ class FinetuneConfig(Config):
         check(self.probe_lr > 0, "probe_lr", "must be > 0")
         check(self.micro_batch_size >= 1, "micro_batch_size", "must be >= 1")
         check(self.patience >= 0, "patience", "must be >= 0")
+        check(0 <= self.window_overlap < 1, "window_overlap", "a fraction of a window in [0, 1)")
+
+    def pool(self, *, regression: bool) -> str:
+        """The window pooling in force: 'off', 'mean' or 'max' ('auto' resolved by task type)."""
+        if self.window_pool == "auto":
+            return "mean" if regression else "off"
+        return self.window_pool
 
 
 @torch.no_grad()
@@ -65,6 +81,24 @@ def predict(
             torch.from_numpy(ids[lo : lo + batch_size]).to(device),
             torch.from_numpy(ask[lo : lo + batch_size]).to(device),
         )
+        out.append(torch.softmax(logits, -1).cpu().numpy())  # (B, C)
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def predict_inputs(
+    model: torch.nn.Module,
+    inputs: Inputs,
+    examples: np.ndarray,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(len(examples), C) class probabilities, in batches of examples (each with all its windows)."""
+    model.eval()
+    out = []
+    for lo in range(0, len(examples), batch_size):
+        logits = model(**inputs.batch(examples[lo : lo + batch_size], device))
         out.append(torch.softmax(logits, -1).cpu().numpy())  # (B, C)
     return np.concatenate(out)
 
@@ -86,14 +120,33 @@ def finetune(
     class probabilities on parts.test, {history, best_val_mcc, classifier (the best epoch's weights)}).
     Curves go to ``tracker`` as ``<prefix>finetune_loss`` and ``<prefix>val_<metric>``."""
     torch.manual_seed(cfg.seed)
-    ids, ask = encode_inputs(
-        family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len, crop=cfg.crop
-    )
+    pool = cfg.pool(regression=False)
+    if pool == "off":  # one window each, centre-cropped as before windows existed
+        ids, ask = encode_inputs(
+            family,
+            tok,
+            data.sequences,
+            species_token=species_token,
+            max_len=model.cfg.max_seq_len,
+            crop=cfg.crop,
+        )
+        inputs = Inputs(ids=ids, read=ask, starts=np.arange(len(ids) + 1))
+    else:
+        inputs = encode(family, tok, data.sequences, species_token=species_token, max_len=model.cfg.max_seq_len,
+                        pool=pool, overlap=cfg.window_overlap, crop=cfg.crop)  # fmt: skip
+    device = dist_info.device
     train_idx = parts.train
     if cfg.max_train_samples:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_train_samples]
     steps_per_epoch = -(-len(train_idx) // cfg.micro_batch_size)
-    model = build_classifier(family, model, tok, num_classes=data.num_classes, probe=cfg.mode == "probe")
+    model = build_classifier(
+        family,
+        model,
+        tok,
+        num_classes=data.num_classes,
+        probe=cfg.mode == "probe",
+        pool=pool if pool != "off" else "mean",
+    )
     lr = cfg.probe_lr if cfg.mode == "probe" else cfg.lr
     optim = OptimConfig(lr=lr, warmup_steps=max(steps_per_epoch // 10, 1), min_lr_ratio=0.0)
     train = TrainConfig(steps=steps_per_epoch * cfg.epochs, zero_stage=0, seed=cfg.seed)
@@ -110,9 +163,7 @@ def finetune(
             desc=f"fine-tune epoch {epoch + 1}",
         ):
             b = order[lo : lo + cfg.micro_batch_size]
-            logits = engine(
-                torch.from_numpy(ids[b]).to(dist_info.device), torch.from_numpy(ask[b]).to(dist_info.device)
-            )
+            logits = engine(**inputs.batch(b, device))
             loss = F.cross_entropy(logits, torch.from_numpy(y[b]).to(dist_info.device))
             engine.backward(loss)
             engine.step()
@@ -120,9 +171,7 @@ def finetune(
             if step % 20 == 0:
                 tracker.log_metrics({f"{prefix}finetune_loss": float(loss.detach())}, step=step)
         val = classification_metrics(
-            y[parts.val],
-            predict(engine.module, ids[parts.val], ask[parts.val], batch_size=64, device=dist_info.device),
-            n_boot=0,
+            y[parts.val], predict_inputs(engine.module, inputs, parts.val, device=device), n_boot=0
         )
         history.append({"epoch": epoch + 1, **{k: v["value"] for k, v in val.items()}})
         tracker.log_metrics({f"{prefix}val_{k}": v["value"] for k, v in val.items()}, step=step)
@@ -140,6 +189,8 @@ def finetune(
                 )
                 break
     engine.module.load_state_dict(best_state)
-    prob = predict(engine.module, ids[parts.test], ask[parts.test], batch_size=64, device=dist_info.device)
+    prob = predict_inputs(engine.module, inputs, parts.test, device=device)
     # the classifier itself goes back too, for `dnafm eval --set save_model=true` (eval.saved_model)
-    return prob, {"history": history, "best_val_mcc": best, "classifier": engine.module}
+    windows = float(inputs.windows_per_example.mean())
+    info = {"history": history, "best_val_mcc": best, "classifier": engine.module, "pool": pool}
+    return prob, {**info, "windows_per_example": windows}

@@ -12,6 +12,9 @@ index the head reads (the ``<=>`` slot for DNAGPT, 0 = [CLS] for DNABERT), and p
   classifier has another number of labels than C (pretraining exports have 2) gets a fresh Linear(d, C) in its
   place. Probe: the encoder (pooler and classifier included) is frozen and a new ``LinearProbe`` reads [CLS].
 
+Long inputs (``finetune.window_pool``, eval/long_inputs.py): the rows are windows, ``counts`` (B,) says how
+many belong to each example, and the read-out vectors are pooled per example before the head.
+
 The probe standardises each feature (BatchNorm without affine parameters, as MAE's linear probe) before its
 Linear: a frozen encoder's read-out vector is nearly the same for every sequence (measured: 99% of its
 second moment is common to all sequences for a random tiny DNAGPT at ``<=>``), so an unnormalised head sees
@@ -27,6 +30,7 @@ import torch
 
 from datapipe.common.errors import UsageError
 from datapipe.tokenizers import Tokenizer
+from eval.long_inputs import Pool, pool_windows
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +53,9 @@ class GptPromptClassifier(torch.nn.Module):
     """``answer_ids``: the C answer tokens read through the LM head (fine-tune); None: probe, a new
     Linear(d_model, C) on the frozen encoder."""
 
-    def __init__(self, gpt, num_classes: int, *, answer_ids: tuple[int, ...] | None):
+    def __init__(self, gpt, num_classes: int, *, answer_ids: tuple[int, ...] | None, pool: Pool = "mean"):
         super().__init__()
-        self.gpt = gpt
+        self.gpt, self.pool = gpt, pool
         probe = answer_ids is None
         if not probe:
             assert len(answer_ids) == num_classes
@@ -60,20 +64,25 @@ class GptPromptClassifier(torch.nn.Module):
         if probe:
             gpt.requires_grad_(False)
 
-    def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, position: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids (M, T) windows, position (M,); ``counts`` (B,): windows per example (None: one each)."""
         with torch.set_grad_enabled(
             self.probe is None and torch.is_grad_enabled()
         ):  # probe: no encoder graph
-            hidden = self.gpt(input_ids)  # (B, T, D)
-        at = hidden[torch.arange(len(position), device=hidden.device), position]  # (B, D)
+            hidden = self.gpt(input_ids)  # (M, T, D)
+        at = hidden[torch.arange(len(position), device=hidden.device), position]  # (M, D)
+        at = pool_windows(at, counts, self.pool)  # (B, D)
         if self.probe is not None:
             return self.probe(at).float()
         return self.gpt.lm_logits(at)[:, self.answer_ids].float()  # (B, V) -> (B, C)
 
 
 class BertClsClassifier(torch.nn.Module):
-    def __init__(self, bert, pad_id: int, *, num_classes: int, probe: bool):
+    def __init__(self, bert, pad_id: int, *, num_classes: int, probe: bool, pool: Pool = "mean"):
         super().__init__()
+        self.pool = pool
         if bert.classifier.out_features != num_classes:
             log.info(
                 "DNABERT classifier has %d labels, the task %d: a new Linear(%d, %d) replaces it",
@@ -90,18 +99,26 @@ class BertClsClassifier(torch.nn.Module):
         if probe:
             bert.requires_grad_(False)
 
-    def forward(self, input_ids: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, position: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """input_ids (M, T) windows; ``counts`` (B,): windows per example (None: one each)."""
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
-            hidden = self.bert(input_ids, input_ids != self.pad_id)
+            hidden = self.bert(input_ids, input_ids != self.pad_id)  # (M, T, D)
         if self.probe is not None:
-            return self.probe(hidden[:, 0]).float()  # (B, C) from [CLS]
-        return self.bert.classify(hidden).float()  # (B, C) from [CLS] at position 0
+            return self.probe(pool_windows(hidden[:, 0], counts, self.pool)).float()  # (B, C) from [CLS]
+        if counts is None or len(counts) == len(input_ids):
+            return self.bert.classify(hidden).float()  # (B, C) from [CLS] at position 0
+        # windows: pool the pooler's [CLS] vectors, then the classifier (bert.classify, split in two)
+        cls = pool_windows(torch.tanh(self.bert.pooler(hidden[:, 0])), counts, self.pool)  # (B, D)
+        return self.bert.classifier(self.bert.dropout(cls)).float()
 
 
 def build_classifier(
-    family: str, model, tok: Tokenizer, *, num_classes: int = 2, probe: bool
+    family: str, model, tok: Tokenizer, *, num_classes: int = 2, probe: bool, pool: Pool = "mean"
 ) -> torch.nn.Module:
-    """A (B, C) classifier over ``model`` for ``num_classes`` = C >= 2 classes."""
+    """A (B, C) classifier over ``model`` for ``num_classes`` = C >= 2 classes; ``pool``: how the windows of
+    one long input are pooled (eval/long_inputs.py)."""
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
     if family == "dnagpt":
@@ -111,8 +128,8 @@ def build_classifier(
                 f"{MAX_PROMPT_CLASSES} classes; use --set finetune.mode=probe (a new linear head) for more"
             )
         answers = None if probe else tuple(tok.token_to_id(f"<{c}>") for c in range(num_classes))
-        return GptPromptClassifier(model, num_classes, answer_ids=answers)
-    return BertClsClassifier(model, tok.pad_id, num_classes=num_classes, probe=probe)
+        return GptPromptClassifier(model, num_classes, answer_ids=answers, pool=pool)
+    return BertClsClassifier(model, tok.pad_id, num_classes=num_classes, probe=probe, pool=pool)
 
 
 def center_crop(sequences: list[str], family: str, k: int, max_len: int) -> list[str]:

@@ -79,3 +79,34 @@ def plot_task(
     fig.savefig(roc, dpi=100)
     plt.close(fig)
     return [confusion, roc]
+
+
+def plot_regression(
+    y: np.ndarray, pred: np.ndarray, baseline_pred: np.ndarray, prefix: Path, *, target: str = "target"
+) -> list[Path]:
+    """Writes <prefix>_scatter.png: predicted vs actual on the test split, dnafm and the ridge baseline side
+    by side, each with the y = x line and its r^2 (squared Pearson) in the title; returns [its path]."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+    from scipy.stats import pearsonr
+
+    y = np.asarray(y, dtype=np.float64)
+    lo = float(min(y.min(), np.min(pred), np.min(baseline_pred)))
+    hi = float(max(y.max(), np.max(pred), np.max(baseline_pred)))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), sharex=True, sharey=True)
+    for ax, p, who in ((axes[0], pred, "dnafm"), (axes[1], baseline_pred, "4-mer ridge")):
+        p = np.asarray(p, dtype=np.float64)
+        r2 = pearsonr(y, p).statistic ** 2 if np.ptp(p) > 0 and np.ptp(y) > 0 else float("nan")
+        ax.scatter(y, p, s=10, alpha=0.6, edgecolors="none")
+        ax.plot([lo, hi], [lo, hi], "k:", linewidth=0.8)
+        ax.set_title(f"{who}: r$^2$ = {r2:.3f} (n = {len(y)})")
+        ax.set_xlabel(f"actual ({target})", fontsize=8)
+    axes[0].set_ylabel("predicted")
+    fig.suptitle(f"{prefix.name}: predicted vs actual on the test split")
+    fig.tight_layout()
+    out = prefix.with_name(f"{prefix.name}_scatter.png")
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return [out]

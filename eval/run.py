@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from datapipe.common.config import Config, check
+from datapipe.common.errors import UsageError
 from datapipe.common.tracking import (
     PARENT_ENV,
     Tracker,
@@ -30,6 +31,7 @@ from eval.datasets import LabelledSet, Split, split
 from eval.finetune import FinetuneConfig, finetune
 from eval.metrics import averaging, classification_metrics, paired_difference
 from eval.plots import plot_task
+from eval.regression import RegressionSet
 from eval.report import mlflow_metrics, task_row, write_summary
 from eval.tasks import Task, load_task
 from eval.user_tasks import UserTaskConfig, build_user_task, read_user_data
@@ -76,7 +78,7 @@ class EvalConfig(Config):
 class Job:
     """One set to evaluate: a registry task, or the user's (task None)."""
 
-    data: LabelledSet
+    data: LabelledSet | RegressionSet
     species_token: str
     task: Task | None
     source: str
@@ -88,16 +90,33 @@ def load_jobs(cfg: EvalConfig) -> list[Job]:
     if user.data is not None or user.build is not None:
         if user.data is not None:
             data = read_user_data(user.data)
+        elif user.build == "expression":
+            from eval.expression import build_expression_task
+
+            data = build_expression_task(
+                user.genome,
+                user.promoters,
+                user.expression,
+                column=user.expression_column or 2,
+                transform=user.expression_transform or "none",
+                features=user.features,
+                chrom=user.chrom,
+                max_examples=user.max_examples,
+            )
         else:
             data = build_user_task(
                 user.build, user.genome, user.annotation, chrom=user.chrom, max_examples=user.max_examples
             )
-        return [Job(data=data, species_token=user.species_token, task=None, source=user.describe())]
-    root = Path(cfg.data_root) if cfg.data_root else None
-    jobs = []
-    for name in cfg.tasks:
-        task, data = load_task(name, root)
-        jobs.append(Job(data=data, species_token=task.species_token, task=task, source=task.description))
+        jobs = [Job(data=data, species_token=user.species_token, task=None, source=user.describe())]
+    else:
+        root = Path(cfg.data_root) if cfg.data_root else None
+        jobs = []
+        for name in cfg.tasks:
+            task, data = load_task(name, root)
+            jobs.append(Job(data=data, species_token=task.species_token, task=task, source=task.description))
+    regression = [j.data.name for j in jobs if isinstance(j.data, RegressionSet)]
+    if regression and cfg.save_model:
+        raise UsageError(f"--save-model saves classifiers; {', '.join(regression)} is a regression task")
     return jobs
 
 
@@ -224,6 +243,11 @@ def evaluate_job(
     score, plots and ``<task>.json``; its summary row."""
     from trainer.models.export import load_export, read_provenance
 
+    if isinstance(job.data, RegressionSet):
+        from eval.run_regression import evaluate_regression_job
+
+        return evaluate_regression_job(job, cfg, checkpoint=checkpoint, out_dir=out_dir, dist_info=dist_info,
+                                       tracking_uri=tracking_uri, parent=parent)  # fmt: skip
     t0 = time.perf_counter()
     data = job.data
     model, pre_cfg, tok = load_export(checkpoint)
@@ -248,6 +272,7 @@ def evaluate_job(
     for png in pngs:
         child.log_artifact(png, "plots")
     row = task_row(data, scores, job, parts, time.perf_counter() - t0)
+    row.update(window_pool=info["pool"], windows_per_example=round(info["windows_per_example"], 2))
     child.log_metrics(mlflow_metrics(row), step=0)
     child.finish()
     (out_dir / f"{data.name}.json").write_text(

@@ -5,7 +5,8 @@ collection: a folder holding ``genomes/`` (GRCh37 chr20 ...), ``annotations/`` (
 ``pas/`` (DeepGSR, DeeReCT-PolyA), ``tfbs/`` (Zeng et al. 690 sets) and ``promoter/`` (DNABERT, CNNProm) in the
 layouts their readers document (``eval/readers.py``), found at ``EvalConfig.data_root``, else
 ``$DNAFM_DATA_ROOT``, else ``../shared/data`` beside the repository.
-Builder tasks (tis-, splice-, prom300-, tf-human) cut their sets from GRCh37 chr20 and the hg19 annotation.
+Builder tasks (tis-, splice-, prom300-, tf-human) cut their sets from GRCh37 chr20 and the hg19 annotation;
+``expression-human`` (a regression, eval/expression.py) from chr20, Xpresso's promoter BED and expression table.
 ``splice-human`` has 3 classes (non-splice, donor, acceptor); the others have 2.
 Published figures are from the DNAGPT paper (Zhang et al. 2023, arXiv:2307.05628), the DNABERT paper (Ji et
 al. 2021, Bioinformatics btab083) and the DNABERT-2 paper's re-evaluation (Zhou et al. 2023, arXiv:2306.15006),
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from datapipe.common.errors import MissingError, UsageError
 from eval.datasets import REPO_DATA, LabelledSet
+from eval.regression import RegressionSet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ class Task:
     name: str
     description: str
     species_token: str
-    load: Callable[[Path], LabelledSet]
+    load: Callable[[Path], LabelledSet | RegressionSet]
     """Called with the data root (ignored by tasks shipped in data/)."""
     shipped: bool = False
     published: dict[str, float] | None = None
@@ -126,6 +128,20 @@ def _prom_mouse(root: Path) -> LabelledSet:
     return read_cnnprom(d / "Mouse_tata.fa.gz", d / "Mouse_nonprom.fa.gz", name="prom-mouse-tata")
 
 
+def _expression(root: Path):
+    from eval.expression import build_expression_task
+
+    d = root / "expression"
+    return build_expression_task(
+        root / "genomes/GRCh37_chr20.fa.gz",
+        d / "hg19_promoters_cage_corrected_withChr.bed.gz",
+        d / "1to1_orthologs_expression.txt.gz",
+        column=5,  # human log10(median expression + 0.1), as the file ships
+        chrom="chr20",
+        name="expression-human",
+    )
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in [
@@ -209,6 +225,16 @@ TASKS: dict[str, Task] = {
             published_note="DNABERT-6 Prom-core all, MCC (DNABERT-2 paper); ours is DNABERT's 5,919-row sample",
         ),
         Task(
+            name="expression-human",
+            description="mRNA level (log10(median + 0.1), Xpresso's human table) from -7,000..+3,500 bp around "
+            "the CAGE-corrected TSS, chr20 genes; regression",
+            species_token="R",
+            load=_expression,
+            published={"r2": 0.62},
+            published_note="r^2 (squared Pearson) on Xpresso's human test genes: DNAGPT 0.62, Xpresso 0.59 "
+            "(DNAGPT paper, arXiv:2307.05628); ours is another gene set (chr20's 460 labelled genes, random split)",
+        ),
+        Task(
             name="prom-mouse-tata",
             description="mouse TATA promoters vs non-promoters, 251 bp (CNNProm)",
             species_token="S",
@@ -219,7 +245,7 @@ TASKS: dict[str, Task] = {
 }
 
 
-def load_task(name: str, data_root: Path | None = None) -> tuple[Task, LabelledSet]:
+def load_task(name: str, data_root: Path | None = None) -> tuple[Task, LabelledSet | RegressionSet]:
     if name not in TASKS:
         raise UsageError(f"unknown task '{name}'; available: {', '.join(TASKS)} (or pass --data FILE)")
     task = TASKS[name]

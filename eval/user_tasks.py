@@ -47,11 +47,14 @@ from eval.annotations import (
     read_hg19_table,
 )
 from eval.datasets import LabelledSet, read_table
+from eval.regression import RegressionSet, is_regression_table, read_regression_table
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["tis", "splice", "prom300", "tf"]
+Kind = Literal["tis", "splice", "prom300", "tf", "expression"]
 KIND_CLASSES = {"tis": 2, "splice": 3, "prom300": 2, "tf": 2}
+"""Classes of each classification kind; ``expression`` is a regression (eval/expression.py)."""
+_EXPRESSION_FIELDS = ("promoters", "expression", "expression_column", "expression_transform", "features")
 _FORMATS = {".gtf": "gtf", ".gff": "gff3", ".gff3": "gff3", ".bed": "bed", ".parquet": "parquet"}
 _FASTA = (".fa", ".fasta", ".fna")
 
@@ -72,6 +75,17 @@ class UserTaskConfig(Config):
     """Only this chromosome ('chr20' and '20' match each other); None: every annotated chromosome the genome has."""
     max_examples: int | None = None
     """Cap on the built set's size, split evenly over its classes; None: every usable annotated site."""
+    promoters: str | None = None
+    """build=expression: BED6 of one promoter region per gene (Xpresso's layout, eval/expression.py)."""
+    expression: str | None = None
+    """build=expression: tab-separated table, gene id in column 1, the target in ``expression_column``."""
+    expression_column: int | None = None
+    """build=expression: the target's column, counted from 1 as ``cut -f`` (None: 2)."""
+    expression_transform: Literal["none", "log10"] | None = None
+    """build=expression: 'none' (None): the column is the target as written (Xpresso's
+    1to1_orthologs_expression.txt already holds log10(x + 0.1)); 'log10': apply log10(x + 0.1) to raw levels."""
+    features: str | None = None
+    """build=expression: optional TSV (header; gene id, then numeric columns) of per-gene numeric inputs."""
     species_token: str | None = None
     """DNAGPT species token of the user's sequences (a letter or a species name such as 'mouse'); None: R
     (human) when data or build is set. Registry tasks carry their own, so it stays unset for them."""
@@ -96,11 +110,17 @@ class UserTaskConfig(Config):
             "give either data (a labelled file) or build (a task from genome + annotation), not both",
         )
         if self.build is None:
-            for name in ("genome", "annotation", "chrom", "max_examples"):
+            for name in ("genome", "annotation", "chrom", "max_examples", *_EXPRESSION_FIELDS):
                 flag = "--" + name.replace("_", "-")
                 check(getattr(self, name) is None, name, f"{flag}: only used with --build KIND")
             return
         check(self.genome is not None, "genome", f"build={self.build} needs a genome FASTA (--genome)")
+        if self.build == "expression":
+            self._check_expression()
+            return
+        for name in _EXPRESSION_FIELDS:
+            flag = "--" + name.replace("_", "-")
+            check(getattr(self, name) is None, name, f"{flag}: only used with --build expression")
         check(
             self.annotation is not None,
             "annotation",
@@ -113,10 +133,29 @@ class UserTaskConfig(Config):
             f"must be >= {n} (one example per class of {self.build}), or unset for all",
         )
 
+    def _check_expression(self) -> None:
+        check(self.annotation is None, "annotation", "--build expression reads --promoters, not --annotation")
+        check(self.promoters is not None, "promoters", "build=expression needs a promoter BED (--promoters)")
+        check(self.expression is not None, "expression", "build=expression needs a table (--expression)")
+        check(
+            self.expression_column is None or self.expression_column >= 2,
+            "expression_column",
+            "counted from 1 (as cut -f); column 1 is the gene id, so the target is column 2 or later",
+        )
+        check(self.max_examples is None or self.max_examples >= 5, "max_examples", "must be >= 5 (or unset)")
+
     def describe(self) -> str:
         """One line saying where the examples came from, for reports."""
         if self.build is None:
             return f"user file {self.data}"
+        if self.build == "expression":
+            where = f", chromosome {self.chrom}" if self.chrom else ""
+            feats = f", features {self.features}" if self.features else ""
+            return (
+                f"expression built from {self.genome} + {self.promoters} + column "
+                f"{self.expression_column or 2} of {self.expression} (transform "
+                f"{self.expression_transform or 'none'}){feats}{where}"
+            )
         where = f", chromosome {self.chrom}" if self.chrom else ""
         cap = f", at most {self.max_examples} examples" if self.max_examples else ""
         return f"{self.build} built from {self.genome} + {self.annotation}{where}{cap}"
@@ -125,8 +164,9 @@ class UserTaskConfig(Config):
 # ---------------------------------------------------------------------------------------------- --data
 
 
-def read_user_data(path: str | Path) -> LabelledSet:
-    """A labelled file by extension: .fa/.fasta/.fna[.gz] -> labelled FASTA, anything else CSV/TSV.
+def read_user_data(path: str | Path) -> LabelledSet | RegressionSet:
+    """A labelled file by extension: .fa/.fasta/.fna[.gz] -> labelled FASTA, anything else CSV/TSV; a CSV/TSV
+    with a ``value`` column (and no ``label``) is a regression set (eval.regression.read_regression_table).
 
     Checks that the labels are classes 0..C-1 (C >= 2) with an example of each."""
     from eval.readers import read_labelled_fasta
@@ -134,6 +174,8 @@ def read_user_data(path: str | Path) -> LabelledSet:
     path = Path(path)
     if not path.is_file():
         raise MissingError(f"{path}: no such file; --data takes a CSV/TSV (sequence,label) or labelled FASTA")
+    if _suffix(path) not in _FASTA and is_regression_table(path):
+        return read_regression_table(path)
     data = read_labelled_fasta(path) if _suffix(path) in _FASTA else read_table(path)
     present = set(np.unique(data.labels).tolist())
     n = len(data.classes) if data.classes is not None else max(present) + 1
@@ -193,7 +235,7 @@ def build_user_task(
     fmt = annotation_format(annotation)
     tables = _read_tables(kind, fmt, annotation, chrom)
     chroms = sorted({c for t in tables for c in t["chrom"].astype(str).unique()})
-    records = _load_genome(genome, chroms, annotation)
+    records = load_genome_for(genome, chroms, annotation)
     name = name or f"{kind}-{_stem(annotation)}"
     options = {"name": name, "seed": seed, "max_examples": max_examples}
     from eval import builders
@@ -339,7 +381,7 @@ def _bed12_exons(rows: pd.DataFrame, path: Path) -> pd.DataFrame:
     return exons.astype({"start": np.int64, "end": np.int64})
 
 
-def _load_genome(path: Path, chroms: list[str], annotation: Path):
+def load_genome_for(path: Path, chroms: list[str], annotation: Path):
     """The genome's records for the annotation's chromosomes; none in common is an error naming both files."""
     from eval.genome import Genome
 

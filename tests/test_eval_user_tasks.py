@@ -304,6 +304,7 @@ def test_cli_build_dry_run_shows_the_resolved_build(small, capsys):
         "chrom": "chr1",
         "max_examples": 300,
         "species_token": "S",
+        **dict.fromkeys(("promoters", "expression", "expression_column", "expression_transform", "features")),
         "data": None,
     }
     # the same command line in-process (a subprocess costs ~4 s of imports): each bad combination is one line
