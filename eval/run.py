@@ -20,7 +20,6 @@ import numpy as np
 from datapipe.common.config import Config, check
 from datapipe.common.errors import UsageError
 from datapipe.common.tracking import (
-    PARENT_ENV,
     Tracker,
     default_tracking_uri,
     experiment_name,
@@ -33,6 +32,7 @@ from eval.metrics import averaging, classification_metrics, paired_difference
 from eval.plots import plot_task
 from eval.regression import RegressionSet
 from eval.report import mlflow_metrics, task_row, write_summary
+from eval.task_run import start_task_run
 from eval.tasks import Task, load_task
 from eval.user_tasks import UserTaskConfig, build_user_task, read_user_data
 
@@ -182,32 +182,8 @@ def open_task_run(
     tags: dict | None = None,
 ) -> Tracker:
     """The task's MLflow run, nested under ``parent``, with what it was trained and scored on as params."""
-    data = job.data
-    child = start_tracker(
-        experiment=experiment_name(cfg.experiment, "dnafm-eval"),
-        run_name=f"task-{data.name}",
-        tracking_uri=tracking_uri,
-        enabled=cfg.tracking,
-        parent_run_id=parent or os.environ.get(PARENT_ENV),
-        stage="eval-task",
-        tags=tags,
-    )
-    child.log_params(
-        {
-            "task": data.name,
-            "source": job.source,
-            "n_classes": data.num_classes,
-            "averaging": averaging(data.num_classes),
-            "species_token": job.species_token,
-            "n_train": len(parts.train),
-            "n_val": len(parts.val),
-            "n_test": len(parts.test),
-            "split": "given by the data" if data.given_split is not None else f"drawn, seed {cfg.split_seed}",
-            **{f"sha256.{k}": v for k, v in parts.hashes.items()},
-            **cfg.finetune.flat(),
-        }
-    )
-    return child
+    params = {"n_classes": job.data.num_classes, "averaging": averaging(job.data.num_classes)}
+    return start_task_run(job, cfg, parts, tracking_uri=tracking_uri, parent=parent, tags=tags, params=params)
 
 
 def score(

@@ -5,7 +5,6 @@ classification counterpart is ``eval.run.evaluate_job``, which hands regression 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from datapipe.common.files import write_atomic
-from datapipe.common.tracking import PARENT_ENV, Tracker, experiment_name, start_tracker
+from datapipe.common.tracking import Tracker
 from eval.plots import plot_regression
 from eval.regress_finetune import finetune_regression
 from eval.regression import (
@@ -24,6 +23,7 @@ from eval.regression import (
     split_regression,
 )
 from eval.report import mlflow_metrics, regression_row
+from eval.task_run import start_task_run
 
 
 def open_regression_run(
@@ -31,34 +31,14 @@ def open_regression_run(
 ) -> Tracker:
     """The task's MLflow run, nested under ``parent``, with what it was trained and scored on as params."""
     data: RegressionSet = job.data
-    child = start_tracker(
-        experiment=experiment_name(cfg.experiment, "dnafm-eval"),
-        run_name=f"task-{data.name}",
-        tracking_uri=tracking_uri,
-        enabled=cfg.tracking,
-        parent_run_id=parent or os.environ.get(PARENT_ENV),
-        stage="eval-task",
-        tags=tags,
-    )
-    child.log_params(
-        {
-            "task": data.name,
-            "kind": "regression",
-            "source": job.source,
-            "target": data.target,
-            "n_features": data.num_features,
-            "features": ",".join(data.feature_names) or "none",
-            "species_token": job.species_token,
-            "n_train": len(parts.train),
-            "n_val": len(parts.val),
-            "n_test": len(parts.test),
-            "split": "given by the data" if data.given_split is not None else f"drawn, seed {cfg.split_seed}",
-            **{f"skipped.{k}": v for k, v in data.skipped.items()},
-            **{f"sha256.{k}": v for k, v in parts.hashes.items()},
-            **cfg.finetune.flat(),
-        }
-    )
-    return child
+    params = {
+        "kind": "regression",
+        "target": data.target,
+        "n_features": data.num_features,
+        "features": ",".join(data.feature_names) or "none",
+        **{f"skipped.{k}": v for k, v in data.skipped.items()},
+    }
+    return start_task_run(job, cfg, parts, tracking_uri=tracking_uri, parent=parent, tags=tags, params=params)
 
 
 def score_regression(
