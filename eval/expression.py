@@ -5,9 +5,10 @@ Inputs (``dnafm eval --build expression``):
 
 - promoters: a BED6 of one region per gene, ``chrom start end gene_id score strand``, in the layout of
   Xpresso's ``hg19_promoters_cage_corrected`` file: the region reaches ``flank`` = 10,000 bp upstream of the
-  (CAGE-corrected) TSS, so the TSS is at 0-based ``start + 10000`` on '+' and ``end - 10001`` on '-' (the
+  (CAGE-corrected) TSS, so the TSS is at 0-based ``start + 10000`` on '+' and ``end - 10000`` on '-' (the
   region's upstream edge is what places the TSS; the downstream edge of a few regions is a base or two off
-  20 kb and is not used).
+  20 kb and is not used). Checked on the chr20 genes against the initiator: the TSS base is a purine, the base
+  before it a pyrimidine, in ~85% of genes on either strand (~45% one base off).
 - expression: a tab-separated table, gene id in column 1, the target in column ``column`` (counted from 1,
   as ``cut -f`` counts). Xpresso's ``1to1_orthologs_expression.txt`` holds log10(median expression + 0.1)
   already (human in column 5, mouse in column 4), so ``transform='none'``; ``transform='log10'`` applies
@@ -152,7 +153,7 @@ def promoter_windows(genome: Genome, promoters: pd.DataFrame, layout: Layout) ->
         if record is None:
             skipped["chromosome not in the genome"] += 1
             continue
-        tss = start + layout.flank if strand == "+" else end - 1 - layout.flank
+        tss = start + layout.flank if strand == "+" else end - layout.flank
         lo = tss - layout.upstream if strand == "+" else tss - layout.downstream + 1
         if lo < 0 or lo + layout.length > len(genome.records[record]):
             skipped["window off the chromosome"] += 1
