@@ -26,6 +26,31 @@ from trainer.engine import DistInfo, build_engine
 log = logging.getLogger(__name__)
 
 
+class EarlyStop:
+    """The best validation epoch so far and its weights; ``update`` says when ``patience`` epochs in a row
+    have not improved on it. Shared by classification (MCC) and regression (r^2) fine-tuning."""
+
+    def __init__(self, patience: int, metric: str, start: float):
+        self.patience, self.metric = patience, metric
+        self.best, self.state, self.bad_epochs = start, None, 0
+
+    def update(self, score: float, module: torch.nn.Module, epoch: int) -> bool:
+        """Record epoch ``epoch`` (1-based); True when training should stop."""
+        if score > self.best:
+            self.best, self.bad_epochs = score, 0
+            self.state = copy.deepcopy(module.state_dict())
+            return False
+        self.bad_epochs += 1
+        if self.bad_epochs > self.patience:
+            log.info("early stop after epoch %d (no validation %s gain for %d epochs)", epoch, self.metric,
+                     self.bad_epochs)  # fmt: skip
+            return True
+        return False
+
+    def restore(self, module: torch.nn.Module) -> None:
+        module.load_state_dict(self.state)
+
+
 @dataclass(kw_only=True)
 class FinetuneConfig(Config):
     epochs: int = 3
@@ -152,7 +177,7 @@ def finetune(
     train = TrainConfig(steps=steps_per_epoch * cfg.epochs, zero_stage=0, seed=cfg.seed)
     engine, _ = build_engine(model, train, optim, micro_batch_size=cfg.micro_batch_size, dist_info=dist_info)
     y = data.labels
-    best, best_state, bad_epochs, history = -2.0, None, 0, []
+    stop, history = EarlyStop(cfg.patience, "MCC", -2.0), []
     step = 0
     for epoch in range(cfg.epochs):
         engine.train()
@@ -178,19 +203,11 @@ def finetune(
         log.info(
             "epoch %d: val accuracy %.4f, MCC %.4f", epoch + 1, val["accuracy"]["value"], val["mcc"]["value"]
         )
-        if val["mcc"]["value"] > best:
-            best, bad_epochs = val["mcc"]["value"], 0
-            best_state = copy.deepcopy(engine.module.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs > cfg.patience:
-                log.info(
-                    "early stop after epoch %d (no validation MCC gain for %d epochs)", epoch + 1, bad_epochs
-                )
-                break
-    engine.module.load_state_dict(best_state)
+        if stop.update(val["mcc"]["value"], engine.module, epoch + 1):
+            break
+    stop.restore(engine.module)
     prob = predict_inputs(engine.module, inputs, parts.test, device=device)
     # the classifier itself goes back too, for `dnafm eval --set save_model=true` (eval.saved_model)
     windows = float(inputs.windows_per_example.mean())
-    info = {"history": history, "best_val_mcc": best, "classifier": engine.module, "pool": pool}
+    info = {"history": history, "best_val_mcc": stop.best, "classifier": engine.module, "pool": pool}
     return prob, {**info, "windows_per_example": windows}

@@ -6,7 +6,6 @@ prompts and long inputs: eval/long_inputs.py."""
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from datapipe.common.logs import progress
 from datapipe.common.tracking import Tracker
 from datapipe.tokenizers import Tokenizer
-from eval.finetune import FinetuneConfig
+from eval.finetune import EarlyStop, FinetuneConfig
 from eval.long_inputs import Inputs, encode
 from eval.regress_heads import build_regressor
 from eval.regression import RegressionSet, regression_metrics
@@ -84,7 +83,7 @@ def finetune_regression(
     engine, _ = build_engine(model, train, optim, micro_batch_size=cfg.micro_batch_size, dist_info=dist_info)
     device = dist_info.device
     target = torch.from_numpy(z.astype(np.float32))
-    best, best_state, bad_epochs, history, step = -np.inf, None, 0, [], 0
+    stop, history, step = EarlyStop(cfg.patience, "r^2", -np.inf), [], 0
     for epoch in range(cfg.epochs):
         engine.train()
         order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
@@ -103,22 +102,14 @@ def finetune_regression(
         tracker.log_metrics({f"{prefix}val_{k}": v["value"] for k, v in val.items()}, step=step)
         r2 = val["r2"]["value"] if np.isfinite(val["r2"]["value"]) else -1.0  # constant predictions: worst
         log.info("epoch %d: val r^2 %.4f, MSE (standardised) %.4f", epoch + 1, r2, val["mse"]["value"])
-        if r2 > best:
-            best, bad_epochs = r2, 0
-            best_state = copy.deepcopy(engine.module.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs > cfg.patience:
-                log.info(
-                    "early stop after epoch %d (no validation r^2 gain for %d epochs)", epoch + 1, bad_epochs
-                )
-                break
-    engine.module.load_state_dict(best_state)
+        if stop.update(r2, engine.module, epoch + 1):
+            break
+    stop.restore(engine.module)
     pred = predict_values(engine.module, inputs, parts.test, device=device) * sd + mu
     windows = inputs.windows_per_example
     info = {
         "history": history,
-        "best_val_r2": best,
+        "best_val_r2": stop.best,
         "pool": pool,
         "windows_per_example": float(windows.mean()),
     }
