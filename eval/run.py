@@ -131,7 +131,8 @@ def where_to_log(cfg: EvalConfig, provenance: dict[str, Any], out_dir: Path) -> 
     """(tracking URI, experiment) of an eval run: set ones, else the pretraining run's, else OUT's own."""
     uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri is None:
-        theirs = provenance.get("tracking_uri", "")
+        # A checkpoint pretrained with --no-mlflow records tracking_uri as null, not absent.
+        theirs = provenance.get("tracking_uri") or ""
         local = theirs.startswith("sqlite:///") and Path(theirs.removeprefix("sqlite:///")).exists()
         uri = theirs if local else default_tracking_uri(out_dir)
     return uri, experiment_name(cfg.experiment, provenance.get("experiment") or "dnafm-eval")

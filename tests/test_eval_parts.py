@@ -270,3 +270,12 @@ def test_missing_data_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="data_root"):
         load_task("tis-human", tmp_path / "nowhere")
     assert "pas-human" in TASKS
+
+
+def test_eval_logs_to_its_own_store_when_the_checkpoint_was_pretrained_without_mlflow(tmp_path, monkeypatch):
+    # `dnafm pretrain --no-mlflow` writes "tracking_uri": null into the export's provenance; eval crashed on it.
+    from eval.run import EvalConfig, where_to_log
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri, experiment = where_to_log(EvalConfig(), {"tracking_uri": None, "experiment": None}, tmp_path)
+    assert uri.startswith("sqlite:///") and str(tmp_path) in uri and experiment == "dnafm-eval"
