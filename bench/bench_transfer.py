@@ -73,6 +73,8 @@ def evaluate(ckpt: Path, out: Path, tasks: str, baselines: str, overrides: list[
 
 def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int] | None) -> list[dict]:
     name = run.name
+    recipe = json.loads((run / "config.json").read_text()).get("recipe", "?")
+    label = f"{recipe} ({name})"  # the rows' run: what the figure's legend says
     tokens, minutes = logged(run)
     steps = [s for s in checkpoint_steps(run) if only is None or s in only]
     missing = [s for s in steps if s not in tokens]
@@ -91,11 +93,11 @@ def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int]
                           overrides)  # fmt: skip
         for task, r in result.items():
             if first:
-                rows.append(dict(run=name, task=task, step=0, tokens=0, minutes=0.0, mcc=r["scratch_mcc"],
+                rows.append(dict(run=label, task=task, step=0, tokens=0, minutes=0.0, mcc=r["scratch_mcc"],
                                  lo=r["scratch_mcc_ci"][0], hi=r["scratch_mcc_ci"][1], kmer_mcc=r["baseline_mcc"],
                                  gain_vs_scratch="", gain_lo="", gain_hi=""))  # fmt: skip
             gain = r.get("mcc_gain_vs_scratch")
-            rows.append(dict(run=name, task=task, step=step, tokens=int(tokens[step]),
+            rows.append(dict(run=label, task=task, step=step, tokens=int(tokens[step]),
                              minutes=round(minutes[step], 2), mcc=r["mcc"],
                              lo=r["mcc_ci"][0], hi=r["mcc_ci"][1], kmer_mcc=r["baseline_mcc"],
                              gain_vs_scratch="" if gain is None else gain,
