@@ -64,7 +64,9 @@ def evaluate(ckpt: Path, out: Path, tasks: str, baselines: str, overrides: list[
     """`dnafm eval` of one export; a finished eval folder is read back, not rerun (a second call with more
     RUNs only adds their points, e.g. to draw two families on one figure; use a new OUT for other --set)."""
     if all((out / f"{t}.json").exists() for t in tasks.split(",")):
-        return {t: json.loads((out / f"{t}.json").read_text()) for t in tasks.split(",")}
+        done = {t: json.loads((out / f"{t}.json").read_text()) for t in tasks.split(",")}
+        if "scratch" not in baselines or all("scratch_mcc" in r for r in done.values()):
+            return done  # else it was run without the twin this point now needs: run again
     sets = [a for o in overrides for a in ("--set", o)]
     dnafm("eval", "--checkpoint", str(ckpt), "--out", str(out), "--tasks", tasks, "--no-mlflow",
           "--set", f"baselines={baselines}", *sets)  # fmt: skip
