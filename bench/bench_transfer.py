@@ -11,8 +11,9 @@ run once per RUN), and the 4-mer logistic regression is drawn as a line. Tokens 
 RUN/metrics.jsonl (train/tokens_seen at that step, so --set train.log_every must divide ckpt_every).
 
 Writes OUT/transfer.csv, OUT/transfer.md (the table) and OUT/transfer.png; `--merge DIR ...` adds the points
-of earlier OUT folders (e.g. one family per run of this script) to the table and the figure. Each point costs one fine-tune
-per task (tiny recipes on 2 cores, measured: 161-187 s for pas, tis and splice together; the first point, with the twin, about twice that).
+of earlier OUT folders (e.g. one family per run of this script) to the table and the figure. Each point costs
+one fine-tune per task (tiny recipes on 2 cores, measured: 161-187 s for pas, tis and splice together; the
+first point, which also fine-tunes the twin, about twice that).
 """
 
 from __future__ import annotations
