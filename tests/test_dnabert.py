@@ -115,6 +115,23 @@ def test_padding_does_not_change_real_tokens():
         torch.testing.assert_close(model(padded, mask)[:, :10], model(ids)[:, :10], rtol=1e-5, atol=1e-5)
 
 
+def test_init_std_sets_the_weight_scale_and_survives_hugging_face_export(tmp_path):
+    from datapipe.common.errors import ConfigError
+    from trainer.models.hf_bert import load_hf_bert, save_hf_bert
+
+    small = dict(vocab_size=4101, max_seq_len=32, n_layer=1, n_head=2, d_model=64, d_ff=64)
+    torch.manual_seed(0)
+    for std in (0.02, 0.1):
+        model = DNABERT(BertConfig(**small, init_std=std))
+        # 262k word-embedding entries: the sample std is within 1% of the asked one
+        assert abs(model.word.weight.std().item() - std) < 0.01 * std
+        assert abs(model.layers[0].query.weight.std().item() - std) < 0.05 * std
+    save_hf_bert(model, tmp_path / "hf")
+    assert load_hf_bert(tmp_path / "hf")[1].init_std == 0.1
+    with pytest.raises(ConfigError, match="init_std"):
+        BertConfig(**small, init_std=0.0)
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_hugging_face_round_trip(tmp_path, fmt):
     transformers = pytest.importorskip("transformers")

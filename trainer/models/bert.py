@@ -33,6 +33,9 @@ class BertConfig(Config):
     layer_norm_eps: float = 1e-12
     type_vocab_size: int = 2
     """Token-type (segment) embeddings, kept for checkpoint compatibility with BERT; DNABERT uses type 0."""
+    init_std: float = 0.02
+    """Standard deviation of the normal init of every linear and embedding weight. BERT's 0.02 suits d=768;
+    narrow models stall on it (issue #23: see the recipe notes in trainer/recipes.py)."""
     num_labels: int = 2
     """Classes of the sequence-classification head."""
     attention: Literal["auto", "torch", "triton"] = "auto"
@@ -49,6 +52,7 @@ class BertConfig(Config):
         check(self.n_layer > 0 and self.d_ff > 0, "n_layer", "n_layer and d_ff must be > 0")
         check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         check(self.num_labels >= 2, "num_labels", "must be >= 2")
+        check(self.init_std > 0, "init_std", "must be > 0")
 
 
 class BertLayer(nn.Module):
@@ -108,10 +112,9 @@ class DNABERT(nn.Module):
         self.classifier = nn.Linear(d, cfg.num_labels)
         self.apply(self._init_weights)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
+    def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 

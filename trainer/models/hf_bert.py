@@ -73,6 +73,7 @@ def config_from_hf(hf: dict) -> BertConfig:
         dropout=hf.get("hidden_dropout_prob", 0.1),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         type_vocab_size=hf.get("type_vocab_size", 2),
+        init_std=hf.get("initializer_range", 0.02),
         num_labels=max(int(hf.get("num_labels", len(hf.get("id2label", {})) or 2)), 2),
     )
 
@@ -159,6 +160,7 @@ def save_hf_bert(
         "max_position_embeddings": c.max_seq_len,
         "type_vocab_size": c.type_vocab_size,
         "layer_norm_eps": c.layer_norm_eps,
+        "initializer_range": c.init_std,
         "pad_token_id": 0,
         "tie_word_embeddings": True,
     }
