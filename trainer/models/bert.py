@@ -35,7 +35,7 @@ class BertConfig(Config):
     """Token-type (segment) embeddings, kept for checkpoint compatibility with BERT; DNABERT uses type 0."""
     init_std: float = 0.02
     """Standard deviation of the normal init of every linear and embedding weight. BERT's 0.02 suits d=768;
-    narrow models stall on it (issue #23: see the recipe notes in trainer/recipes.py)."""
+    narrow models can stall on it (a 64-wide one does on bench/bench_copy_task.py; BENCHMARKS.md, #23)."""
     num_labels: int = 2
     """Classes of the sequence-classification head."""
     attention: Literal["auto", "torch", "triton"] = "auto"
