@@ -10,7 +10,12 @@ the 0-token point is the same architecture fine-tuned from random initialisation
 run once per RUN), and the 4-mer logistic regression is drawn as a line. Tokens seen come from
 RUN/metrics.jsonl (train/tokens_seen at that step, so --set train.log_every must divide ckpt_every).
 
-Writes OUT/transfer.csv, OUT/transfer.md (the table) and OUT/transfer.png; `--merge DIR ...` adds the points
+Each point's gain over the twin is a paired bootstrap difference of test MCC, read from the two evals'
+<task>_predictions.tsv (the same split, so the same test examples; one fine-tuning seed each, so the CI
+covers the test sample, not fine-tuning noise).
+
+Writes OUT/transfer.csv, OUT/transfer.md (MCC and gain tables) and OUT/transfer.png (top: MCC, bottom: gain
+over the twin); `--merge DIR ...` adds the points
 of earlier OUT folders (e.g. one family per run of this script) to the table and the figure. Each point costs
 one fine-tune per task (tiny recipes on 2 cores, measured: 161-187 s for pas, tis and splice together; the
 first point, which also fine-tunes the twin, about twice that).
@@ -27,6 +32,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
+
+from eval.metrics import paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +83,36 @@ def evaluate(ckpt: Path, out: Path, tasks: str, baselines: str, overrides: list[
     return {t: json.loads((out / f"{t}.json").read_text()) for t in tasks.split(",")}
 
 
+def test_probs(eval_dir: Path, task: str, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(example ids, labels, (N_test, C) probabilities of ``who``) from an eval's <task>_predictions.tsv."""
+    path = eval_dir / f"{task}_predictions.tsv"
+    if not path.exists():
+        sys.exit(
+            f"{path} is missing: that eval predates per-example predictions; delete its folder to rerun it"
+        )
+    table = np.genfromtxt(path, delimiter="\t", names=True)
+    cols = sorted(
+        (c for c in table.dtype.names if c.startswith(f"{who}_p")), key=lambda c: int(c.split("_p")[1])
+    )
+    return (
+        table["example"].astype(int),
+        table["label"].astype(int),
+        np.stack([table[c] for c in cols], axis=1),
+    )
+
+
+def paired_gain(point: Path, twin: Path, task: str) -> dict[str, float]:
+    """MCC of the point's fine-tune minus the random twin's, on the same test examples (paired bootstrap 95%
+    CI, eval's seed and resample count): every point is paired with the one twin fine-tuned by the first eval."""
+    ids, y, prob = test_probs(point, task, "dnafm")
+    twin_ids, twin_y, twin_prob = test_probs(twin, task, "scratch")
+    if not (np.array_equal(ids, twin_ids) and np.array_equal(y, twin_y)):
+        sys.exit(
+            f"{point} and {twin} scored different test examples for {task}: same --set split_seed needed"
+        )
+    return paired_difference(y, prob, twin_prob, seed=0)
+
+
 def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int] | None) -> list[dict]:
     name = run.name
     recipe = json.loads((run / "config.json").read_text()).get("recipe", "?")
@@ -86,6 +125,7 @@ def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int]
             f"{run}/metrics.jsonl has no tokens_seen at steps {missing}: log_every must divide ckpt_every"
         )
     rows = []
+    twin_dir = out / "evals" / f"{name}-step{steps[0]}"  # the first point's eval also fine-tuned the twin
     for i, step in enumerate(steps):
         t0 = time.perf_counter()
         export = out / "exports" / f"{name}-step{step}"
@@ -99,13 +139,11 @@ def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int]
                 rows.append(dict(run=label, task=task, step=0, tokens=0, minutes=0.0, mcc=r["scratch_mcc"],
                                  lo=r["scratch_mcc_ci"][0], hi=r["scratch_mcc_ci"][1], kmer_mcc=r["baseline_mcc"],
                                  gain_vs_scratch="", gain_lo="", gain_hi=""))  # fmt: skip
-            gain = r.get("mcc_gain_vs_scratch")
+            gain = paired_gain(out / "evals" / f"{name}-step{step}", twin_dir, task)
             rows.append(dict(run=label, task=task, step=step, tokens=int(tokens[step]),
                              minutes=round(minutes[step], 2), mcc=r["mcc"],
                              lo=r["mcc_ci"][0], hi=r["mcc_ci"][1], kmer_mcc=r["baseline_mcc"],
-                             gain_vs_scratch="" if gain is None else gain,
-                             gain_lo="" if gain is None else r["mcc_gain_vs_scratch_ci"][0],
-                             gain_hi="" if gain is None else r["mcc_gain_vs_scratch_ci"][1]))  # fmt: skip
+                             gain_vs_scratch=gain["value"], gain_lo=gain["lo"], gain_hi=gain["hi"]))  # fmt: skip
         print(f"{name} step {step} ({tokens[step] / 1e6:.2f}M tokens): "
               + ", ".join(f"{t} MCC {r['mcc']:.3f}" for t, r in result.items())
               + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
@@ -151,6 +189,30 @@ def write_table(rows: list[dict], out: Path) -> None:
         )
     kmer = {t: next(r["kmer_mcc"] for r in rows if r["task"] == t) for t in tasks}
     lines.append("| 4-mer LR | | | | " + " | ".join(f"{kmer[t]:.3f}" for t in tasks) + " |")
+    # the same points as gains over the run's random twin (paired: the same test examples resampled together)
+    lines += [
+        "",
+        "| run | step | tokens (M) | minutes | "
+        + " | ".join(f"{t} MCC gain vs twin [95% CI]" for t in tasks)
+        + " |",
+        "|---|---:|---:|---:|" + "---|" * len(tasks),
+    ]
+    for run, step in points:
+        if step == 0:
+            continue
+        first = next(cells[(run, step, t)] for t in tasks if (run, step, t) in cells)
+        gains = []
+        for t in tasks:
+            c = cells.get((run, step, t))
+            ok = c is not None and c["gain_vs_scratch"] != ""
+            gains.append(
+                f"{c['gain_vs_scratch']:+.3f} [{c['gain_lo']:+.3f}, {c['gain_hi']:+.3f}]" if ok else "-"
+            )
+        lines.append(
+            f"| {run} | {step} | {first['tokens'] / 1e6:.2f} | {first['minutes']:.1f} | "
+            + " | ".join(gains)
+            + " |"
+        )
     (out / "transfer.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -162,7 +224,25 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.6), squeeze=False, sharex="col")
+    for ax, task in zip(axes[1], tasks, strict=True):  # bottom row: paired gain over the twin
+        for run in dict.fromkeys(r["run"] for r in rows):
+            pts = [r for r in rows if r["run"] == run and r["task"] == task and r["gain_vs_scratch"] != ""]
+            if pts:
+                g = [r["gain_vs_scratch"] for r in pts]
+                err = [
+                    [r["gain_vs_scratch"] - r["gain_lo"] for r in pts],
+                    [r["gain_hi"] - r["gain_vs_scratch"] for r in pts],
+                ]
+                ax.errorbar(
+                    [r["tokens"] / 1e6 for r in pts], g, yerr=err, marker="o", ms=4, capsize=2, label=run
+                )
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("pretraining tokens, millions (log above 1)")
+        # symlog: the 0-token twin stays on the axis while budgets spanning 0.4M-50M tokens spread out
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_ylabel("MCC gain vs random twin (paired 95% CI)")
+        ax.grid(alpha=0.3)
     for ax, task in zip(axes[0], tasks, strict=True):
         for run in dict.fromkeys(r["run"] for r in rows):
             pts = [r for r in rows if r["run"] == run and r["task"] == task]
@@ -172,7 +252,6 @@ def plot(rows: list[dict], out: Path) -> None:
             line = ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=run)
             ax.axhline(pts[0]["mcc"], color=line[0].get_color(), ls=":", lw=1)  # its random twin
         ax.axhline(pts[0]["kmer_mcc"], color="grey", ls="--", lw=1, label="4-mer LR")
-        ax.set_xlabel("pretraining tokens (millions)")
         ax.set_ylabel("test MCC (95% CI)")
         ax.set_title(task)
         ax.grid(alpha=0.3)

@@ -19,6 +19,7 @@ import numpy as np
 
 from datapipe.common.config import Config, check
 from datapipe.common.errors import UsageError
+from datapipe.common.files import write_atomic
 from datapipe.common.tracking import (
     Tracker,
     default_tracking_uri,
@@ -206,6 +207,32 @@ def score(
     return out
 
 
+def write_predictions(
+    out_dir: Path,
+    data: LabelledSet,
+    parts: Split,
+    prob: np.ndarray,
+    kmer_prob: np.ndarray,
+    scratch: np.ndarray | None,
+) -> Path:
+    """OUT/<task>_predictions.tsv: one row per test example (``example`` is its index in the task's set), its
+    label and every model's class probabilities, columns ``dnafm_p<c>``, ``kmer_p<c>`` (and ``scratch_p<c>``)
+    by class id. What a user needs to score the models their own way, or to pair two evals' predictions on the
+    same split (bench/bench_transfer.py pairs each pretraining budget with the random twin)."""
+    models = [("dnafm", prob), ("kmer", kmer_prob)] + ([("scratch", scratch)] if scratch is not None else [])
+    header = ["example", "label"] + [f"{who}_p{c}" for who, _ in models for c in range(data.num_classes)]
+    lines = ["\t".join(header) + "\n"]
+    for row, i in enumerate(parts.test):
+        cells = [str(int(i)), str(int(data.labels[i]))]
+        cells += [
+            repr(float(p[row, c])) for _, p in models for c in range(data.num_classes)
+        ]  # exact: re-scorable
+        lines.append("\t".join(cells) + "\n")
+    path = out_dir / f"{data.name}_predictions.tsv"
+    write_atomic(path, "".join(lines).encode())
+    return path
+
+
 def evaluate_job(
     job: Job,
     cfg: EvalConfig,
@@ -251,6 +278,7 @@ def evaluate_job(
     row = task_row(data, scores, job, parts, time.perf_counter() - t0)
     row.update(window_pool=info["pool"], windows_per_example=round(info["windows_per_example"], 2))
     child.log_metrics(mlflow_metrics(row), step=0)
+    child.log_artifact(write_predictions(out_dir, data, parts, prob, scores["baseline_prob"], scratch))
     child.finish()
     (out_dir / f"{data.name}.json").write_text(
         json.dumps({**row, "history": info["history"]}, indent=2) + "\n"

@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from sklearn.metrics import matthews_corrcoef
 
+from eval.metrics import paired_difference, predicted_class
 from tests.helpers import PROBE_ONE_EPOCH, needs_data, run_eval_cli, untrained_export
 
 pytestmark = pytest.mark.slow
@@ -33,6 +36,9 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     assert linear.out_features == 2
     assert (out / "pas-human_confusion.png").stat().st_size > 1000 and (out / "pas-human_roc.png").exists()
     assert "auroc (dnafm)" in (out / "summary.csv").read_text()
+    with open(out / "pas-human_predictions.tsv") as f:  # no scratch baseline asked for: no scratch columns
+        assert next(f).split() == ["example", "label", "dnafm_p0", "dnafm_p1", "kmer_p0", "kmer_p1"]
+        assert sum(1 for _ in f) == 1508
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = {
         r.info.run_name: r
@@ -50,8 +56,11 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
 def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
     untrained_export("tiny-dnagpt", tmp_path / "ckpt")  # the plumbing is under test, not the score
     out = tmp_path / "eval"
-    run_eval_cli(tmp_path / "ckpt", out, "--tasks", "splice-human", *QUICK_PROBE)
+    run_eval_cli(
+        tmp_path / "ckpt", out, "--tasks", "splice-human", *QUICK_PROBE, "--set", "baselines=kmer,scratch"
+    )
     row = json.loads((out / "splice-human.json").read_text())
+    check_predictions_file(out / "splice-human_predictions.tsv", row)
     assert row["n_classes"] == 3 and row["classes"] == ["non-splice", "donor", "acceptor"]
     assert row["averaging"] == "macro over 3 classes; AUROC one-vs-rest" and row["n_test"] == 1500
     assert 0 <= row["auroc"] <= 1 and row["auroc_ci"][0] <= row["auroc"] <= row["auroc_ci"][1]
@@ -70,3 +79,27 @@ def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
     assert child.data.metrics["eval/splice-human/mcc"] == pytest.approx(row["mcc"])
     assert child.data.metrics["eval/splice-human/mcc_lo"] == pytest.approx(row["mcc_ci"][0])
     assert len(client.list_artifacts(child.info.run_id, "plots")) == 2
+
+
+def check_predictions_file(path, row):
+    """<task>_predictions.tsv holds the test set's probabilities of every model: the file alone gives back the
+    MCCs and the paired gain of <task>.json (what bench/bench_transfer.py relies on to pair two evals)."""
+    table = np.genfromtxt(path, delimiter="\t", names=True)
+    c = row["n_classes"]
+    assert len(table) == row["n_test"] and len(set(table["example"].tolist())) == row["n_test"]
+    y = table["label"].astype(int)
+    probs = {
+        who: np.stack([table[f"{who}_p{k}"] for k in range(c)], axis=1)
+        for who in ("dnafm", "kmer", "scratch")
+    }
+    for who, prob in probs.items():
+        assert np.allclose(prob.sum(axis=1), 1, atol=1e-4), who
+    assert matthews_corrcoef(y, predicted_class(probs["dnafm"])) == pytest.approx(row["mcc"], abs=1e-6)
+    assert matthews_corrcoef(y, predicted_class(probs["kmer"])) == pytest.approx(
+        row["baseline_mcc"], abs=1e-6
+    )
+    assert matthews_corrcoef(y, predicted_class(probs["scratch"])) == pytest.approx(
+        row["scratch_mcc"], abs=1e-6
+    )
+    gain = paired_difference(y, probs["dnafm"], probs["scratch"], seed=0)
+    assert gain["value"] == pytest.approx(row["mcc_gain_vs_scratch"], abs=1e-6)
