@@ -17,8 +17,8 @@ covers the test sample, not fine-tuning noise).
 Writes OUT/transfer.csv, OUT/transfer.md (MCC and gain tables) and OUT/transfer.png (top: MCC, bottom: gain
 over the twin); `--merge DIR ...` adds the points
 of earlier OUT folders (e.g. one family per run of this script) to the table and the figure. Each point costs
-one fine-tune per task (tiny recipes on 2 cores, measured: 161-187 s for pas, tis and splice together; the
-first point, which also fine-tunes the twin, about twice that).
+one fine-tune per task: tiny recipes on 2 cores, measured 161-221 s for pas, tis and splice together, and
+the first point, which also fine-tunes the twin, 323-338 s.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def logged(run: Path) -> tuple[dict[int, float], dict[int, float]]:
 def evaluate(ckpt: Path, out: Path, tasks: str, baselines: str, overrides: list[str]) -> dict[str, dict]:
     """`dnafm eval` of one export; a finished eval folder is read back, not rerun (a second call with more
     RUNs only adds their points, e.g. to draw two families on one figure; use a new OUT for other --set)."""
-    if all((out / f"{t}.json").exists() for t in tasks.split(",")):
+    if all(
+        (out / f"{t}.json").exists() and (out / f"{t}_predictions.tsv").exists() for t in tasks.split(",")
+    ):
         done = {t: json.loads((out / f"{t}.json").read_text()) for t in tasks.split(",")}
         if "scratch" not in baselines or all("scratch_mcc" in r for r in done.values()):
             return done  # else it was run without the twin this point now needs: run again
@@ -83,14 +85,14 @@ def evaluate(ckpt: Path, out: Path, tasks: str, baselines: str, overrides: list[
     return {t: json.loads((out / f"{t}.json").read_text()) for t in tasks.split(",")}
 
 
-def test_probs(eval_dir: Path, task: str, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_probs(eval_dir: Path, task: str, who: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(example ids, labels, (N_test, C) probabilities of ``who``) from an eval's <task>_predictions.tsv."""
     path = eval_dir / f"{task}_predictions.tsv"
     if not path.exists():
         sys.exit(
             f"{path} is missing: that eval predates per-example predictions; delete its folder to rerun it"
         )
-    table = np.genfromtxt(path, delimiter="\t", names=True)
+    table = np.atleast_1d(np.genfromtxt(path, delimiter="\t", names=True))  # a one-row file reads as 0-d
     cols = sorted(
         (c for c in table.dtype.names if c.startswith(f"{who}_p")), key=lambda c: int(c.split("_p")[1])
     )
@@ -104,13 +106,14 @@ def test_probs(eval_dir: Path, task: str, who: str) -> tuple[np.ndarray, np.ndar
 def paired_gain(point: Path, twin: Path, task: str) -> dict[str, float]:
     """MCC of the point's fine-tune minus the random twin's, on the same test examples (paired bootstrap 95%
     CI, eval's seed and resample count): every point is paired with the one twin fine-tuned by the first eval."""
-    ids, y, prob = test_probs(point, task, "dnafm")
-    twin_ids, twin_y, twin_prob = test_probs(twin, task, "scratch")
+    ids, y, prob = read_probs(point, task, "dnafm")
+    twin_ids, twin_y, twin_prob = read_probs(twin, task, "scratch")
     if not (np.array_equal(ids, twin_ids) and np.array_equal(y, twin_y)):
         sys.exit(
             f"{point} and {twin} scored different test examples for {task}: same --set split_seed needed"
         )
-    return paired_difference(y, prob, twin_prob, seed=0)
+    seed = json.loads((point / "eval_config.json").read_text())["split_seed"]  # eval bootstraps with it too
+    return paired_difference(y, prob, twin_prob, seed=seed)
 
 
 def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int] | None) -> list[dict]:
@@ -118,7 +121,10 @@ def curve(run: Path, out: Path, tasks: str, overrides: list[str], only: set[int]
     recipe = json.loads((run / "config.json").read_text()).get("recipe", "?")
     label = f"{recipe} ({name})"  # the rows' run: what the figure's legend says
     tokens, minutes = logged(run)
-    steps = [s for s in checkpoint_steps(run) if only is None or s in only]
+    have = checkpoint_steps(run)
+    steps = [s for s in have if only is None or s in only]
+    if not steps:
+        sys.exit(f"{run}: none of --steps {sorted(only or [])} is a checkpoint (have {have})")
     missing = [s for s in steps if s not in tokens]
     if missing:
         sys.exit(
@@ -223,10 +229,12 @@ def plot(rows: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in rows})
+    tasks = list(dict.fromkeys(r["task"] for r in rows))  # the tables' order
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    colour = {run: f"C{i}" for i, run in enumerate(runs)}  # one colour per run in both rows
     fig, axes = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.6), squeeze=False, sharex="col")
     for ax, task in zip(axes[1], tasks, strict=True):  # bottom row: paired gain over the twin
-        for run in dict.fromkeys(r["run"] for r in rows):
+        for run in runs:
             pts = [r for r in rows if r["run"] == run and r["task"] == task and r["gain_vs_scratch"] != ""]
             if pts:
                 g = [r["gain_vs_scratch"] for r in pts]
@@ -234,9 +242,8 @@ def plot(rows: list[dict], out: Path) -> None:
                     [r["gain_vs_scratch"] - r["gain_lo"] for r in pts],
                     [r["gain_hi"] - r["gain_vs_scratch"] for r in pts],
                 ]
-                ax.errorbar(
-                    [r["tokens"] / 1e6 for r in pts], g, yerr=err, marker="o", ms=4, capsize=2, label=run
-                )
+                x = [r["tokens"] / 1e6 for r in pts]
+                ax.errorbar(x, g, yerr=err, marker="o", ms=4, capsize=2, label=run, color=colour[run])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel("pretraining tokens, millions (log above 1)")
         # symlog: the 0-token twin stays on the axis while budgets spanning 0.4M-50M tokens spread out
@@ -244,19 +251,23 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.set_ylabel("MCC gain vs random twin (paired 95% CI)")
         ax.grid(alpha=0.3)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for run in dict.fromkeys(r["run"] for r in rows):
+        for run in runs:
             pts = [r for r in rows if r["run"] == run and r["task"] == task]
             x = [r["tokens"] / 1e6 for r in pts]
             y = [r["mcc"] for r in pts]
             err = [[r["mcc"] - r["lo"] for r in pts], [r["hi"] - r["mcc"] for r in pts]]
-            line = ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=run)
-            ax.axhline(pts[0]["mcc"], color=line[0].get_color(), ls=":", lw=1)  # its random twin
+            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=run, color=colour[run])
+            ax.axhline(pts[0]["mcc"], color=colour[run], ls=":", lw=1)  # its random twin
         ax.axhline(pts[0]["kmer_mcc"], color="grey", ls="--", lw=1, label="4-mer LR")
         ax.set_ylabel("test MCC (95% CI)")
         ax.set_title(task)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower right")
-    fig.suptitle("Downstream MCC against pretraining tokens (dotted: random-init twin)", fontsize=9)
+    fig.suptitle(
+        "Downstream MCC against pretraining tokens (top; dotted: random-init twin) and the paired gain over "
+        "that twin (bottom)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(out / "transfer.png", dpi=120)
 

@@ -215,11 +215,13 @@ def write_predictions(
     kmer_prob: np.ndarray,
     scratch: np.ndarray | None,
 ) -> Path:
-    """OUT/<task>_predictions.tsv: one row per test example (``example`` is its index in the task's set), its
-    label and every model's class probabilities, columns ``dnafm_p<c>``, ``kmer_p<c>`` (and ``scratch_p<c>``)
-    by class id. What a user needs to score the models their own way, or to pair two evals' predictions on the
+    """OUT/<task>_predictions.tsv: one row per test example (``example``: its 0-based row in the task's set),
+    its class id (``label``; names in ``<task>.json``'s classes) and every model's class probabilities,
+    columns ``dnafm_p<c>``, ``kmer_p<c>`` (and ``scratch_p<c>``) by class id. What a user needs to score the models their own way, or to pair two evals' predictions on the
     same split (bench/bench_transfer.py pairs each pretraining budget with the random twin)."""
     models = [("dnafm", prob), ("kmer", kmer_prob)] + ([("scratch", scratch)] if scratch is not None else [])
+    for who, p in models:  # a programming error, not bad input: rows must be the test examples in order
+        assert p.shape == (len(parts.test), data.num_classes), (who, p.shape)
     header = ["example", "label"] + [f"{who}_p{c}" for who, _ in models for c in range(data.num_classes)]
     lines = ["\t".join(header) + "\n"]
     for row, i in enumerate(parts.test):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import matthews_corrcoef
 
 from eval.metrics import paired_difference, predicted_class
+from eval.tasks import load_task
 from tests.helpers import PROBE_ONE_EPOCH, needs_data, run_eval_cli, untrained_export
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,10 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     assert "auroc (dnafm)" in (out / "summary.csv").read_text()
     with open(out / "pas-human_predictions.tsv") as f:  # no scratch baseline asked for: no scratch columns
         assert next(f).split() == ["example", "label", "dnafm_p0", "dnafm_p1", "kmer_p0", "kmer_p1"]
-        assert sum(1 for _ in f) == 1508
+        rows = [line.split("\t") for line in f]
+    assert len(rows) == 1508
+    _, data = load_task("pas-human", None)  # `example` is the row of the shipped set, `label` its class id
+    assert all(int(r[1]) == data.labels[int(r[0])] for r in rows)
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = {
         r.info.run_name: r
@@ -101,5 +105,7 @@ def check_predictions_file(path, row):
     assert matthews_corrcoef(y, predicted_class(probs["scratch"])) == pytest.approx(
         row["scratch_mcc"], abs=1e-6
     )
-    gain = paired_difference(y, probs["dnafm"], probs["scratch"], seed=0)
-    assert gain["value"] == pytest.approx(row["mcc_gain_vs_scratch"], abs=1e-6)
+    gain = paired_difference(y, probs["dnafm"], probs["scratch"], seed=0)  # eval's bootstrap, split_seed 0
+    assert [gain["value"], gain["lo"], gain["hi"]] == pytest.approx(
+        [row["mcc_gain_vs_scratch"], *row["mcc_gain_vs_scratch_ci"]], abs=1e-6
+    )
