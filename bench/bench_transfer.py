@@ -15,8 +15,8 @@ Each point's gain over the twin is a paired bootstrap difference of test MCC, re
 covers the test sample, not fine-tuning noise).
 
 Writes OUT/transfer.csv, OUT/transfer.md (MCC and gain tables) and OUT/transfer.png (top: MCC, bottom: gain
-over the twin); `--merge DIR ...` adds the points
-of earlier OUT folders (e.g. one family per run of this script) to the table and the figure. Each point costs
+over the twin); `--merge DIR ...` adds the points of earlier OUT folders (e.g. one family per run of this
+script) to the tables and the figure. Each point costs
 one fine-tune per task: tiny recipes on 2 cores, measured 161-221 s for pas, tis and splice together, and
 the first point, which also fine-tunes the twin, 323-338 s.
 """

@@ -217,8 +217,9 @@ def write_predictions(
 ) -> Path:
     """OUT/<task>_predictions.tsv: one row per test example (``example``: its 0-based row in the task's set),
     its class id (``label``; names in ``<task>.json``'s classes) and every model's class probabilities,
-    columns ``dnafm_p<c>``, ``kmer_p<c>`` (and ``scratch_p<c>``) by class id. What a user needs to score the models their own way, or to pair two evals' predictions on the
-    same split (bench/bench_transfer.py pairs each pretraining budget with the random twin)."""
+    columns ``dnafm_p<c>``, ``kmer_p<c>`` (and ``scratch_p<c>``) by class id, written exactly (repr) so the
+    file re-scores to ``<task>.json``. What a user needs to score the models their own way, or to pair two
+    evals on the same split (bench/bench_transfer.py pairs each pretraining budget with the random twin)."""
     models = [("dnafm", prob), ("kmer", kmer_prob)] + ([("scratch", scratch)] if scratch is not None else [])
     for who, p in models:  # a programming error, not bad input: rows must be the test examples in order
         assert p.shape == (len(parts.test), data.num_classes), (who, p.shape)
@@ -226,9 +227,7 @@ def write_predictions(
     lines = ["\t".join(header) + "\n"]
     for row, i in enumerate(parts.test):
         cells = [str(int(i)), str(int(data.labels[i]))]
-        cells += [
-            repr(float(p[row, c])) for _, p in models for c in range(data.num_classes)
-        ]  # exact: re-scorable
+        cells += [repr(float(p[row, c])) for _, p in models for c in range(data.num_classes)]
         lines.append("\t".join(cells) + "\n")
     path = out_dir / f"{data.name}_predictions.tsv"
     write_atomic(path, "".join(lines).encode())

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eval.datasets import LabelledSet, Split
 from eval.metrics import paired_difference
+from eval.run import write_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,16 +25,16 @@ def bench_transfer():
 
 
 def write_eval(folder: Path, ids, y, probs: dict[str, np.ndarray], split_seed: int = 0) -> None:
-    """An eval folder as `dnafm eval` leaves it: eval_config.json and one predictions file (task 't')."""
+    """An eval folder as `dnafm eval` leaves it: eval_config.json and the predictions file of task 't',
+    written by eval's own writer (so the bench is tested against the real format)."""
     folder.mkdir(parents=True)
     (folder / "eval_config.json").write_text(json.dumps({"split_seed": split_seed}))
-    c = next(iter(probs.values())).shape[1]
-    header = ["example", "label"] + [f"{who}_p{k}" for who in probs for k in range(c)]
-    lines = ["\t".join(header)]
-    for row, (i, label) in enumerate(zip(ids, y, strict=True)):
-        cells = [str(i), str(label)] + [repr(float(p[row, k])) for p in probs.values() for k in range(c)]
-        lines.append("\t".join(cells))
-    (folder / "t_predictions.tsv").write_text("\n".join(lines) + "\n")
+    labels = np.zeros(max(ids) + 1, dtype=np.int64)
+    labels[list(ids)] = y
+    data = LabelledSet(name="t", sequences=["ACGT"] * len(labels), labels=labels)
+    parts = Split(train=np.array([], dtype=np.int64), val=np.array([], dtype=np.int64), test=np.asarray(ids),
+                  hashes={})  # fmt: skip
+    write_predictions(folder, data, parts, probs["dnafm"], probs["kmer"], probs.get("scratch"))
 
 
 def test_a_budget_is_paired_with_the_twin_on_the_same_examples(tmp_path):
