@@ -61,12 +61,12 @@ def bad_inputs(tmp_path):
     }
 
 
-def test_malformed_fasta_fails_cleanly_without_partial_output(tmp_path):
+def test_malformed_fasta_fails_cleanly_without_partial_output(tmp_path, ray_cluster):
+    # The session's Ray instance, not one started per run: five Ray start-ups cost ~100 s on 2 cores.
     for name, where in bad_inputs(tmp_path).items():
         out = tmp_path / f"out-{name}"
-        proc = run_cli(
-            "prepare", str(tmp_path / name), "--species", "human", "--out", str(out), "--no-mlflow"
-        )
+        proc = run_cli("prepare", str(tmp_path / name), "--species", "human", "--out", str(out), "--no-mlflow",
+                       "--ray-address", ray_cluster)  # fmt: skip
         assert proc.returncode == 1, (name, proc.stderr)
         err = proc.stderr.strip().splitlines()[-1]
         assert err.startswith("dnafm prepare: error:") and name in err and where in err, err
