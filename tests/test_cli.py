@@ -62,7 +62,7 @@ def bad_inputs(tmp_path):
 
 
 def test_malformed_fasta_fails_cleanly_without_partial_output(tmp_path, ray_cluster):
-    # The session's Ray instance, not one started per run: five Ray start-ups cost ~100 s on 2 cores.
+    # The session's Ray instance, not one started per run: five Ray start-ups made this test 104 s, not 42 s.
     for name, where in bad_inputs(tmp_path).items():
         out = tmp_path / f"out-{name}"
         proc = run_cli("prepare", str(tmp_path / name), "--species", "human", "--out", str(out), "--no-mlflow",
