@@ -1,5 +1,6 @@
-"""`dnafm compare` on real MLflow stores: three tiny pretraining runs that differ in learning rate and depth, each
-evaluated, joined and reported; the report rendered in headless Chromium; one clear error per bad input."""
+"""`dnafm compare` on real MLflow stores (the session's `mlflow server`, a sqlite file): three tiny pretraining runs
+that differ in learning rate and depth, each evaluated, joined and reported; the report rendered in headless
+Chromium; one clear error per bad input."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers import PROBE_ONE_EPOCH, chr20_shards, tiny_gpt_args
+from tests.helpers import PROBE_ONE_EPOCH, tiny_gpt_args
 
 pytestmark = pytest.mark.slow
 VARIANTS = {
@@ -36,18 +37,20 @@ def pretrain_and_eval(data: Path, root: Path, name: str, sets: list[str], env: d
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A sqlite store holding a prepare run, three pretraining runs and their evaluations, in experiment proj."""
+def store(tmp_path_factory, mlflow_server, ray_cluster):
+    """The session's MLflow server (what a team compares on) holding, in experiment proj, a prepare run, three
+    pretraining runs and their evaluations. The prepare joins the session's Ray instance rather than starting
+    its own (~20 s); a sqlite store is read by `test_runs_without_an_evaluation_are_one_clear_error`."""
     root = tmp_path_factory.mktemp("compare")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri}
+    env = {"MLFLOW_TRACKING_URI": mlflow_server}
     genome = Path(__file__).resolve().parents[1] / "data/genomes/grch37_chr20_44-46Mb.fa.gz"
     proc = run_cli("prepare", str(genome), "--species", "human", "--window-tokens", "60", "--set", "region_bp=500000",
-                   "--out", str(root / "shards"), "--experiment", "proj", env=env)  # fmt: skip
+                   "--out", str(root / "shards"), "--experiment", "proj", "--ray-address", ray_cluster,
+                   env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name, sets in VARIANTS.items():
         pretrain_and_eval(root / "shards", root, name, sets, env)
-    return root, uri
+    return root, mlflow_server
 
 
 def test_compare_joins_runs_to_their_evals_and_reports_what_differs(store, tmp_path):
@@ -128,16 +131,6 @@ def test_report_html_renders_its_tables_in_headless_chromium(store, tmp_path):
     assert header_blue > 0.005, "no table header cells in the screenshot"
 
 
-def test_compare_on_an_mlflow_server(mlflow_server, tmp_path):
-    data = chr20_shards(tmp_path / "d", bases=100_000)
-    pretrain_and_eval(data, tmp_path, "served", ["optim.lr=1e-3"], {"MLFLOW_TRACKING_URI": mlflow_server})
-    proc = run_cli(
-        "compare", "--tracking-uri", mlflow_server, "--experiment", "proj", "--out", str(tmp_path / "r")
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "r/report.html").exists() and "served" in proc.stdout
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -159,8 +152,9 @@ def test_bad_selections_are_one_line_and_write_nothing(store, tmp_path, args, me
 
 
 def test_runs_without_an_evaluation_are_one_clear_error(store, tmp_path):
-    root, uri = store
-    env = {"MLFLOW_TRACKING_URI": uri}
+    root, _ = store
+    # a local sqlite store this time: compare reads both kinds
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = [a for a in tiny_gpt_args(num_workers=0) if a != "--no-mlflow"]
     proc = run_cli("pretrain", *args, "--data", str(root / "shards"), "--out", str(tmp_path / "lonely"), "--steps",
                    "2", "--experiment", "lonely", env=env)  # fmt: skip

@@ -1,5 +1,6 @@
-"""`dnafm eval` end to end on tiny untrained checkpoints (linear probe): binary pas-human on DNABERT, 3-class
-splice-human on DNAGPT; with plots and nested MLflow runs."""
+"""`dnafm eval` end to end on tiny untrained checkpoints (linear probe): binary pas-human on DNABERT with plots and
+nested MLflow runs. The 3-class splice-human outputs are checked by `check_splice_outputs`, on the probe run of
+tests/test_eval_learning.py (one eval instead of two)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sklearn.metrics import matthews_corrcoef
 
 from eval.metrics import paired_difference, predicted_class
 from eval.tasks import load_task
-from tests.helpers import PROBE_ONE_EPOCH, needs_data, run_eval_cli, untrained_export
+from tests.helpers import PROBE_ONE_EPOCH, run_eval_cli, untrained_export
 
 pytestmark = pytest.mark.slow
 QUICK_PROBE = [*PROBE_ONE_EPOCH, "--set", "finetune.max_train_samples=200"]
@@ -56,13 +57,10 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     }
 
 
-@needs_data("genomes/GRCh37_chr20.fa.gz", "annotations/exons.parquet")
-def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
-    untrained_export("tiny-dnagpt", tmp_path / "ckpt")  # the plumbing is under test, not the score
-    out = tmp_path / "eval"
-    run_eval_cli(
-        tmp_path / "ckpt", out, "--tasks", "splice-human", *QUICK_PROBE, "--set", "baselines=kmer,scratch"
-    )
+def check_splice_outputs(out) -> dict:
+    """What one `dnafm eval --tasks splice-human --set baselines=kmer,scratch` (MLflow on) writes for a 3-class
+    task: the row, predictions, summary.csv, plots and the nested MLflow run. Called by
+    tests/test_eval_learning.py on the run that also shows the probe learns (one eval serves both: ~2 min)."""
     row = json.loads((out / "splice-human.json").read_text())
     check_predictions_file(out / "splice-human_predictions.tsv", row)
     assert row["n_classes"] == 3 and row["classes"] == ["non-splice", "donor", "acceptor"]
@@ -83,6 +81,7 @@ def test_eval_three_class_splice_on_a_dnagpt_checkpoint(tmp_path):
     assert child.data.metrics["eval/splice-human/mcc"] == pytest.approx(row["mcc"])
     assert child.data.metrics["eval/splice-human/mcc_lo"] == pytest.approx(row["mcc_ci"][0])
     assert len(client.list_artifacts(child.info.run_id, "plots")) == 2
+    return row
 
 
 def check_predictions_file(path, row):
