@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.helpers import PROBE_ONE_EPOCH, tiny_gpt_args
+from tests.test_eval_e2e import check_predictions_file
 
 pytestmark = pytest.mark.slow
 VARIANTS = {
@@ -73,6 +74,11 @@ def test_compare_joins_runs_to_their_evals_and_reports_what_differs(store, tmp_p
     for png in ("loss_vs_step", "loss_vs_tokens_seen", "task_pas-human"):
         image = matplotlib.image.imread(tmp_path / f"report/{png}.png")
         assert image.ndim == 3 and image.shape[0] > 200 and image.std() > 0.05  # a real picture, not blank
+    for name in VARIANTS:  # each eval's predictions file gives back its MCCs and the paired gain over scratch
+        out = root / f"eval-{name}"
+        check_predictions_file(
+            out / "pas-human_predictions.tsv", json.loads((out / "pas-human.json").read_text())
+        )
     html = (tmp_path / "report/report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "Task pas-human" in html
     assert "optim.lr" in (tmp_path / "report/report.md").read_text()
