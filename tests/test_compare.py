@@ -41,7 +41,7 @@ def pretrain_and_eval(data: Path, root: Path, name: str, sets: list[str], env: d
 def store(tmp_path_factory, mlflow_server, ray_cluster):
     """The session's MLflow server (what a team compares on) holding, in experiment proj, a prepare run, three
     pretraining runs and their evaluations. The prepare joins the session's Ray instance rather than starting
-    its own (~20 s); a sqlite store is read by `test_runs_without_an_evaluation_are_one_clear_error`."""
+    its own; a sqlite store is read by `test_runs_without_an_evaluation_are_one_clear_error`."""
     root = tmp_path_factory.mktemp("compare")
     env = {"MLFLOW_TRACKING_URI": mlflow_server}
     genome = Path(__file__).resolve().parents[1] / "data/genomes/grch37_chr20_44-46Mb.fa.gz"

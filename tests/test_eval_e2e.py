@@ -57,12 +57,11 @@ def test_eval_probe_on_a_dnabert_checkpoint(tmp_path):
     }
 
 
-def check_splice_outputs(out) -> dict:
+def check_splice_outputs(out, row: dict) -> None:
     """What one `dnafm eval --tasks splice-human` (MLflow on) writes for a 3-class task: the row, predictions,
     summary.csv, plots and the nested MLflow run. Called by tests/test_eval_learning.py on the run that also
     shows the probe learns (one eval serves both). The scratch columns and the paired gain of the predictions
-    file are checked on test_compare.py's evals, which ask for that baseline anyway."""
-    row = json.loads((out / "splice-human.json").read_text())
+    file are checked on test_compare.py's evals, which ask for that baseline anyway. ``row``: splice-human.json."""
     check_predictions_file(out / "splice-human_predictions.tsv", row)
     assert row["n_classes"] == 3 and row["classes"] == ["non-splice", "donor", "acceptor"]
     assert row["averaging"] == "macro over 3 classes; AUROC one-vs-rest" and row["n_test"] == 1500
@@ -82,7 +81,6 @@ def check_splice_outputs(out) -> dict:
     assert child.data.metrics["eval/splice-human/mcc"] == pytest.approx(row["mcc"])
     assert child.data.metrics["eval/splice-human/mcc_lo"] == pytest.approx(row["mcc_ci"][0])
     assert len(client.list_artifacts(child.info.run_id, "plots")) == 2
-    return row
 
 
 def check_predictions_file(path, row):
